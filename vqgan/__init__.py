@@ -1,0 +1,3 @@
+from vqgan.model import VQGAN, VQGANConfig
+
+__all__ = ["VQGAN", "VQGANConfig"]

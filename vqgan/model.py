@@ -1,0 +1,118 @@
+"""VQGAN: encoder -> 1x1 quant_conv -> codebook -> 1x1 post_quant_conv -> decoder.
+
+Only the autoencoder and codebook live here; the perceptual net and discriminator are training
+losses and are never part of a VQGAN checkpoint's model state.
+"""
+import os
+from dataclasses import dataclass, field, fields
+
+import torch
+import torch.nn as nn
+
+from utils.errors import UserError
+from vqgan.codebook import Codebook
+from vqgan.decoder import Decoder
+from vqgan.encoder import Encoder
+
+
+@dataclass
+class VQGANConfig:
+    ch: int = 64                                      # base channels
+    ch_mult: list[int] = field(default_factory=lambda: [1, 2, 2])  # per level; f = 2**(levels-1)
+    num_res_blocks: int = 2
+    attn_resolutions: list[int] = field(default_factory=lambda: [8])  # feature-map sides with attention
+    z_channels: int = 64
+    dropout: float = 0.0
+    codebook_size: int = 1024                         # number of codes
+    codebook_dim: int = 8                             # code vector size (official: embed_dim)
+    codebook_l2_norm: bool = True                     # cosine lookup on unit-norm codes
+    codebook_beta: float = 0.25                       # weight of the commitment term
+    codebook_restart_after: int = 100                 # restart codes unused this many steps; 0 = never
+
+    @property
+    def downsample_factor(self) -> int:
+        return 2 ** (len(self.ch_mult) - 1)
+
+
+class VQGAN(nn.Module):
+    def __init__(self, cfg: VQGANConfig, image_size: int, channels: int = 3):
+        super().__init__()
+        self.cfg, self.image_size, self.channels = cfg, image_size, channels
+        arch = dict(ch=cfg.ch, ch_mult=cfg.ch_mult, num_res_blocks=cfg.num_res_blocks, dropout=cfg.dropout,
+                    attn_resolutions=cfg.attn_resolutions, z_channels=cfg.z_channels, resolution=image_size)
+        self.encoder = Encoder(in_channels=channels, **arch)
+        self.decoder = Decoder(out_channels=channels, **arch)
+        self.quant_conv = nn.Conv2d(cfg.z_channels, cfg.codebook_dim, 1)
+        self.post_quant_conv = nn.Conv2d(cfg.codebook_dim, cfg.z_channels, 1)
+        self.codebook = Codebook(cfg.codebook_size, cfg.codebook_dim, beta=cfg.codebook_beta,
+                                 l2_norm=cfg.codebook_l2_norm, restart_after=cfg.codebook_restart_after)
+
+    def encode(self, x: torch.Tensor):
+        """x: (B, C, H, W) in [-1, 1] -> z_q (B, D, h, w), codebook loss, indices (B, h, w)."""
+        return self.codebook(self.quant_conv(self.encoder(x)))
+
+    def decode(self, z_q: torch.Tensor) -> torch.Tensor:
+        """z_q: (B, D, h, w) code vectors -> (B, C, H, W) images."""
+        return self.decoder(self.post_quant_conv(z_q))
+
+    def forward(self, x: torch.Tensor):
+        """Training forward. x: (B, C, H, W) -> x_rec (B, C, H, W), codebook loss, {"indices": (B, h, w)}."""
+        z_q, vq_loss, indices = self.encode(x)
+        return self.decode(z_q), vq_loss, {"indices": indices}
+
+    @torch.no_grad()
+    def encode_to_indices(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, C, H, W) in [-1, 1] -> (B, h, w) long code indices."""
+        z = self.quant_conv(self.encoder(x)).float()  # (B, D, h, w)
+        B, D, h, w = z.shape
+        z = z.permute(0, 2, 3, 1).reshape(-1, D)  # (B*h*w, D)
+        if self.codebook.l2_norm:
+            z = nn.functional.normalize(z, dim=1)
+        return self.codebook.nearest(z).reshape(B, h, w)
+
+    def decode_indices(self, indices: torch.Tensor) -> torch.Tensor:
+        """indices: (B, h, w) long -> (B, C, H, W) images."""
+        return self.decode(self.codebook.lookup(indices))
+
+    @property
+    def latent_size(self) -> int:
+        return self.image_size // self.cfg.downsample_factor
+
+    @classmethod
+    def from_checkpoint(cls, path: str, map_location="cpu", use_ema: bool = True) -> "VQGAN":
+        """Loads a stage-1 checkpoint (EMA weights when it has them) in eval mode, frozen."""
+        ckpt = load_checkpoint_file(path, "vqgan", map_location)
+        model = build_from_config(ckpt["config"])
+        state = ckpt["ema"] if use_ema and ckpt.get("ema") is not None else ckpt["model"]
+        try:
+            model.load_state_dict(state, strict=True)
+        except RuntimeError as e:
+            raise UserError(f"checkpoint '{path}' does not match its own model config: {str(e).splitlines()[0]}") from None
+        return model.eval().requires_grad_(False)
+
+
+def build_from_config(config: dict) -> VQGAN:
+    """A VQGAN from a plain config dict with 'model' and 'data' sections (as stored in checkpoints)."""
+    model_cfg = dict(config["model"])
+    known = {f.name for f in fields(VQGANConfig)}
+    unknown = sorted(set(model_cfg) - known)
+    if unknown:
+        raise UserError(f"model config has unknown keys {unknown}; this checkpoint was written by another version")
+    data = config["data"]
+    return VQGAN(VQGANConfig(**model_cfg), image_size=int(data["image_size"]), channels=int(data.get("channels", 3)))
+
+
+def load_checkpoint_file(path: str, kind: str, map_location="cpu") -> dict:
+    """torch.load a project checkpoint and check that it is of the expected kind."""
+    if not os.path.isfile(path):
+        raise UserError(f"no checkpoint at '{path}': train one first, or pass the right path")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:
+        raise UserError(f"'{path}' is not a readable checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+    if not isinstance(ckpt, dict) or "kind" not in ckpt:
+        raise UserError(f"'{path}' is not a checkpoint of this project (no 'kind'); convert official ones with "
+                        "python -m utils.convert_taming")
+    if ckpt["kind"] != kind:
+        raise UserError(f"'{path}' is a {ckpt['kind']} checkpoint, expected a {kind} checkpoint")
+    return ckpt
