@@ -1,0 +1,3 @@
+from transformer.gpt import GPT, GPTConfig
+
+__all__ = ["GPT", "GPTConfig"]

@@ -5,6 +5,8 @@ import tempfile
 
 import torch
 
+from utils.errors import UserError
+
 FORMAT = 1
 
 
@@ -42,3 +44,19 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
             model = model._orig_mod
         else:
             return model
+
+
+def load_checkpoint_file(path: str, kind: str, map_location="cpu") -> dict:
+    """torch.load a project checkpoint and check that it is of the expected kind."""
+    if not os.path.isfile(path):
+        raise UserError(f"no checkpoint at '{path}': train one first, or pass the right path")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:
+        raise UserError(f"'{path}' is not a readable checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+    if not isinstance(ckpt, dict) or "kind" not in ckpt:
+        raise UserError(f"'{path}' is not a checkpoint of this project (no 'kind'); convert official ones with "
+                        "python -m utils.convert_taming")
+    if ckpt["kind"] != kind:
+        raise UserError(f"'{path}' is a {ckpt['kind']} checkpoint, expected a {kind} checkpoint")
+    return ckpt

@@ -67,7 +67,7 @@ class LossConfig:
 
 
 @dataclass
-class TrainConfig:
+class BaseTrainConfig:
     lr: float = 2e-4
     betas: list[float] = field(default_factory=lambda: [0.5, 0.9])
     weight_decay: float = 0.0
@@ -75,7 +75,6 @@ class TrainConfig:
     lr_schedule: str = choices("constant", "cosine", default="constant")
     min_lr_ratio: float = 0.1           # cosine floor, as a fraction of lr
     grad_clip: float = 0.0              # max global grad norm; 0 = off
-    ema_decay: float = 0.0              # EMA of the autoencoder weights, used for validation; 0 = off
     grad_accum: int = 1
     max_steps: int = 3000
     log_every: int = 50
@@ -86,6 +85,11 @@ class TrainConfig:
     compile: bool = False
     device: str = "auto"                # auto | cpu | cuda | cuda:N | mps
     eval_batches: int = 0               # validation batches per evaluation; 0 = the whole val split
+
+
+@dataclass
+class TrainConfig(BaseTrainConfig):
+    ema_decay: float = 0.0              # EMA of the autoencoder weights, used for validation; 0 = off
     rfid: bool = False                  # rFID on the val split (needs Inception weights)
 
 
@@ -111,6 +115,82 @@ class Stage1Config:
                 PatchDiscriminator.output_size(d.image_size, self.loss.disc_layers) < 1:
             raise ConfigError(f"data.image_size={d.image_size} is too small for loss.disc_layers="
                               f"{self.loss.disc_layers} ({where}); use fewer layers or a later loss.disc_start")
+        _check_train(self.train, where)
+
+
+# ----------------------------------------------------------------------------- stage 2
+
+@dataclass
+class Stage1Ref:
+    checkpoint: str = field(default="runs/shapes_vqgan/checkpoints/last.pt", metadata={"required": True})
+
+
+@dataclass
+class TokenDataConfig:
+    dataset: str = choices("shapes", "mnist", "fashion_mnist", "cifar10", "folder", default="shapes")
+    root: str = "data"
+    val_root: Optional[str] = None
+    val_fraction: float = 0.05
+    image_size: Optional[int] = None    # None: the stage-1 model's
+    channels: Optional[int] = None      # None: the stage-1 model's
+    batch_size: int = 64
+    num_workers: int = 0                # used only while encoding the dataset once
+    download: bool = False
+    num_train: int = 8000
+    num_val: int = 512
+
+
+@dataclass
+class GPTSection:
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 256
+    dropout: float = 0.0
+    window: list[int] = field(default_factory=list)  # [h, w] tokens per training crop; [] = the whole grid
+    class_conditional: bool = False
+
+
+@dataclass
+class SampleConfig:
+    temperature: float = 1.0
+    top_k: Optional[int] = None
+    top_p: Optional[float] = None
+    cfg_scale: float = 1.0              # classifier-free guidance (class-conditional models)
+    num: int = 8                        # images sampled at each evaluation
+
+
+@dataclass
+class Train2Config(BaseTrainConfig):
+    lr: float = 3e-4
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    weight_decay: float = 0.1
+    warmup_steps: int = 100
+    lr_schedule: str = choices("constant", "cosine", default="cosine")
+    grad_clip: float = 1.0
+    pkeep: float = 1.0                  # probability of keeping each input token (else a random code)
+    class_dropout: float = 0.1          # probability of the null class, for classifier-free guidance
+
+
+@dataclass
+class Stage2Config:
+    run: RunConfig = field(default_factory=lambda: RunConfig(name="shapes_gpt"))
+    stage1: Stage1Ref = field(default_factory=Stage1Ref)
+    data: TokenDataConfig = field(default_factory=TokenDataConfig)
+    model: GPTSection = field(default_factory=GPTSection)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    train: Train2Config = field(default_factory=Train2Config)
+
+    def check(self, where: str) -> None:
+        w = self.model.window
+        if w and (len(w) != 2 or min(w) < 1):
+            raise ConfigError(f"model.window must be [] (the whole grid) or [h, w] with h, w >= 1, got {w} ({where})")
+        if self.model.n_embd % self.model.n_head:
+            raise ConfigError(f"model.n_embd={self.model.n_embd} is not divisible by model.n_head="
+                              f"{self.model.n_head} ({where})")
+        if not 0 < self.train.pkeep <= 1:
+            raise ConfigError(f"train.pkeep must be in (0, 1], got {self.train.pkeep} ({where})")
+        if not 0 <= self.train.class_dropout < 1:
+            raise ConfigError(f"train.class_dropout must be in [0, 1), got {self.train.class_dropout} ({where})")
         _check_train(self.train, where)
 
 

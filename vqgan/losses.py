@@ -5,6 +5,7 @@ The generator objective (Esser et al. 2021, eq. 7):
     λ = ||∇_L nll|| / (||∇_L L_G|| + δ),  L = the decoder's last layer, δ = 1e-4, clamped to [0, 1e4].
 λ balances the two gradients at the decoder output so that the GAN term neither vanishes nor dominates.
 """
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -43,21 +44,24 @@ class LossWeights:
 
 
 def generator_backward(x, x_rec, vq_loss, last_layer, weights: LossWeights, lpips=None, disc=None,
-                       grad_scale: float = 1.0) -> dict:
+                       grad_scale: float = 1.0, autocast=None) -> dict:
     """Computes the generator loss of one micro-batch and back-propagates `grad_scale` times it.
 
     x, x_rec: (B, C, H, W); vq_loss: scalar from the codebook; last_layer: the decoder's last weight.
+    `autocast`: the precision context for the loss networks' forward passes (backward runs outside it).
     With `disc` None (before disc_start) nothing of the GAN is computed. With a discriminator, the
     gradient norms for λ are taken at the last layer from the gradients at x_rec, so the perceptual
     net and the discriminator are each back-propagated once, not twice as with autograd.grad on the
     full losses. Returns the detached loss terms for logging."""
-    rec = (x - x_rec).abs().mean() * weights.l1
+    autocast = autocast if autocast is not None else nullcontext()
+    rec = (x - x_rec.float()).abs().mean() * weights.l1
     if weights.l2 > 0:
-        rec = rec + F.mse_loss(x_rec, x) * weights.l2
+        rec = rec + F.mse_loss(x_rec.float(), x) * weights.l2
     terms = {"l1": rec.detach()}
     nll = rec
     if lpips is not None and weights.perceptual > 0:
-        p = lpips(x_rec, x).mean()
+        with autocast:
+            p = lpips(x_rec, x).mean()
         nll = nll + weights.perceptual * p
         terms["lpips"] = p.detach()
     terms["codebook"] = vq_loss.detach()
@@ -66,8 +70,9 @@ def generator_backward(x, x_rec, vq_loss, last_layer, weights: LossWeights, lpip
         (loss * grad_scale).backward()
         terms.update(nll=nll.detach(), total=loss.detach())
         return terms
-    logits_fake = disc(x_rec)
-    g_loss = generator_loss(logits_fake)
+    with autocast:
+        logits_fake = disc(x_rec)
+    g_loss = generator_loss(logits_fake.float())
     g_nll, = torch.autograd.grad(nll * grad_scale, x_rec, retain_graph=True)  # (B, C, H, W)
     g_gan, = torch.autograd.grad(g_loss * grad_scale, x_rec)  # frees the discriminator graph
     w_nll, = torch.autograd.grad(x_rec, last_layer, g_nll, retain_graph=True)
@@ -84,7 +89,7 @@ def generator_backward(x, x_rec, vq_loss, last_layer, weights: LossWeights, lpip
 
 def discriminator_loss(disc, x, x_rec, kind: str = "hinge") -> dict:
     """Discriminator loss on real images and *detached* reconstructions: no gradient reaches the generator."""
-    logits_real = disc(x.detach())
-    logits_fake = disc(x_rec.detach())
+    logits_real = disc(x.detach()).float()
+    logits_fake = disc(x_rec.detach()).float()
     loss = D_LOSSES[kind](logits_real, logits_fake)
     return {"d_loss": loss, "logits_real": logits_real.detach().mean(), "logits_fake_d": logits_fake.detach().mean()}

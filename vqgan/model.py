@@ -3,12 +3,12 @@
 Only the autoencoder and codebook live here; the perceptual net and discriminator are training
 losses and are never part of a VQGAN checkpoint's model state.
 """
-import os
 from dataclasses import dataclass, field, fields
 
 import torch
 import torch.nn as nn
 
+from utils.checkpoint import load_checkpoint_file
 from utils.errors import UserError
 from vqgan.codebook import Codebook
 from vqgan.decoder import Decoder
@@ -100,19 +100,3 @@ def build_from_config(config: dict) -> VQGAN:
         raise UserError(f"model config has unknown keys {unknown}; this checkpoint was written by another version")
     data = config["data"]
     return VQGAN(VQGANConfig(**model_cfg), image_size=int(data["image_size"]), channels=int(data.get("channels", 3)))
-
-
-def load_checkpoint_file(path: str, kind: str, map_location="cpu") -> dict:
-    """torch.load a project checkpoint and check that it is of the expected kind."""
-    if not os.path.isfile(path):
-        raise UserError(f"no checkpoint at '{path}': train one first, or pass the right path")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:
-        raise UserError(f"'{path}' is not a readable checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
-    if not isinstance(ckpt, dict) or "kind" not in ckpt:
-        raise UserError(f"'{path}' is not a checkpoint of this project (no 'kind'); convert official ones with "
-                        "python -m utils.convert_taming")
-    if ckpt["kind"] != kind:
-        raise UserError(f"'{path}' is a {ckpt['kind']} checkpoint, expected a {kind} checkpoint")
-    return ckpt

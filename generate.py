@@ -1,0 +1,135 @@
+"""Sample images from a trained transformer and its stage-1 VQGAN.
+
+    python generate.py [--checkpoint runs/shapes_gpt/checkpoints/last.pt] [--num 8] [--grid HxW] [--class C]
+                       [--temperature T] [--top-k K] [--top-p P] [--cfg-scale S] [--seed S] [--out PNG]
+
+--grid larger than the trained window samples a larger image with the sliding window.
+"""
+import argparse
+import math
+import os
+import sys
+import time
+import warnings
+
+import torch
+from torchvision.utils import save_image
+
+from transformer.gpt import GPT
+from transformer.sampling import sample, sliding_window_sample
+from transformer.tokens import file_sha256
+from utils.checkpoint import load_checkpoint_file
+from utils.config import to_dict
+from utils.distributed import DistInfo, select_device
+from utils.errors import UserError
+from utils.run import main_guard
+from vqgan.model import VQGAN
+
+
+def parse_grid(text: str) -> tuple[int, int]:
+    parts = text.lower().split("x")
+    try:
+        h, w = (int(p) for p in parts)
+    except ValueError:
+        raise UserError(f"--grid '{text}' is not of the form HxW, e.g. 16x32") from None
+    if h < 1 or w < 1:
+        raise UserError(f"--grid '{text}': both sides must be at least 1 token")
+    return h, w
+
+
+def load_models(path: str, device):
+    """(gpt, vqgan, checkpoint dict). Warns when the stage-1 file changed since training, and refuses
+    when its model no longer matches the one the transformer was trained on."""
+    ckpt = load_checkpoint_file(path, "transformer")
+    gpt = GPT.from_checkpoint(path).to(device)
+    s1 = ckpt["stage1"]
+    if not os.path.isfile(s1["checkpoint"]):
+        raise UserError(f"the stage-1 checkpoint this transformer was trained on is missing: '{s1['checkpoint']}' "
+                        "(paths are relative to the directory the training ran in)")
+    vq = VQGAN.from_checkpoint(s1["checkpoint"], map_location="cpu").to(device)
+    if to_dict(vq.cfg) != s1["model"] or vq.image_size != s1["data"]["image_size"] \
+            or vq.channels != s1["data"]["channels"]:
+        raise UserError(f"the stage-1 checkpoint '{s1['checkpoint']}' now holds a different model than the one "
+                        "this transformer was trained on; restore the original file")
+    if file_sha256(s1["checkpoint"]) != s1["sha256"]:
+        msg = (f"the stage-1 checkpoint '{s1['checkpoint']}' has changed since this transformer was trained "
+               "(e.g. stage 1 was resumed): same architecture, other weights, so samples may decode worse")
+        warnings.warn(msg)
+        print(f"warning: {msg}", file=sys.stderr)
+    return gpt, vq, ckpt
+
+
+def generate(argv=None) -> None:
+    p = argparse.ArgumentParser(description="Sample images from a trained transformer (stage 2).")
+    p.add_argument("--checkpoint", default="runs/shapes_gpt/checkpoints/last.pt")
+    p.add_argument("--num", type=int, default=8, help="number of images")
+    p.add_argument("--grid", default=None, help="latent grid HxW in tokens (default: the trained window)")
+    p.add_argument("--class", dest="cls", type=int, default=None, help="class id (class-conditional models)")
+    p.add_argument("--temperature", type=float, default=None)
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--cfg-scale", type=float, default=None, help="classifier-free guidance scale")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="PNG path (default: the run folder's samples/)")
+    p.add_argument("--save-individual", action="store_true", help="also write each image as its own PNG")
+    p.add_argument("--no-kv-cache", action="store_true", help="recompute the prefix for every token (slow)")
+    p.add_argument("--device", default="auto")
+    args = p.parse_args(argv)
+    if args.num < 1:
+        raise UserError(f"--num must be at least 1, got {args.num}")
+    device = select_device(args.device, DistInfo())
+    gpt, vq, ckpt = load_models(args.checkpoint, device)
+    window = tuple(ckpt["window"])
+    grid = parse_grid(args.grid) if args.grid else window
+    if grid[0] < window[0] or grid[1] < window[1]:
+        raise UserError(f"--grid {grid[0]}x{grid[1]} is smaller than the trained window {window[0]}x{window[1]}")
+    nc = gpt.cfg.num_classes
+    if args.cls is not None:
+        if nc == 0:
+            raise UserError("--class given, but this model is unconditional (trained without classes)")
+        if not 0 <= args.cls < nc:
+            raise UserError(f"--class {args.cls} is out of range: this model has classes 0..{nc - 1}")
+    classes = [args.cls] if args.cls is not None else None
+    sc = ckpt["config"]["sample"]
+    kw = dict(temperature=args.temperature if args.temperature is not None else sc["temperature"],
+              top_k=args.top_k if args.top_k is not None else sc["top_k"],
+              top_p=args.top_p if args.top_p is not None else sc["top_p"],
+              cfg_scale=args.cfg_scale if args.cfg_scale is not None else sc["cfg_scale"],
+              generator=torch.Generator(device=device).manual_seed(args.seed))
+
+    t0 = time.time()
+    if grid == window:
+        tokens = sample(gpt, args.num, classes, use_cache=not args.no_kv_cache, **kw).reshape(args.num, *grid)
+    else:
+        if args.no_kv_cache:
+            raise UserError("--no-kv-cache applies to plain sampling; the sliding window refills its cache itself")
+        tokens = sliding_window_sample(gpt, args.num, grid, window, classes, **kw)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    elapsed = time.time() - t0
+    with torch.inference_mode():
+        images = ((vq.decode_indices(tokens).float().clamp(-1, 1) + 1) / 2).cpu()  # (N, C, H, W) in [0, 1]
+
+    out = args.out
+    if out is None:
+        run_dir = os.path.dirname(os.path.dirname(os.path.abspath(args.checkpoint)))
+        tag = f"seed{args.seed}_{grid[0]}x{grid[1]}" + (f"_class{args.cls}" if args.cls is not None else "")
+        out = os.path.join(run_dir, "samples", f"samples_{tag}.png")
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    if args.num == 1:
+        save_image(images[0], out)  # exactly the decoded image, no grid padding
+    else:
+        save_image(images, out, nrow=math.ceil(math.sqrt(args.num)), padding=2)
+    if args.save_individual:
+        stem = os.path.splitext(out)[0]
+        for i, img in enumerate(images):
+            save_image(img, f"{stem}_{i:03d}.png")
+    n_tok = args.num * grid[0] * grid[1]
+    mode = "sliding window" if grid != window else ("no KV cache" if args.no_kv_cache else "KV cache")
+    print(f"{args.num} image(s), grid {grid[0]}x{grid[1]} ({mode}): {n_tok} tokens in {elapsed:.2f}s = "
+          f"{n_tok / max(elapsed, 1e-9):.0f} tokens/s")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main_guard(generate)

@@ -1,0 +1,296 @@
+"""Stage 2: the GPT, its KV cache, the samplers, the token cache, training, resume and generate.py."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from PIL import Image
+
+import train_transformer
+import train_vqgan
+import transformer.tokens
+from conftest import ROOT
+from helpers import TINY_STAGE1, TINY_STAGE2, load, max_weight_diff, run_script
+from transformer.gpt import GPT, GPTConfig, KVCache
+from transformer.sampling import _Stepper, filter_logits, sample, sliding_window_sample, window_origin
+from utils.errors import UserError
+
+
+def tiny_gpt(num_classes=0, block=12, K=10, seed=0):
+    torch.manual_seed(seed)
+    return GPT(GPTConfig(codebook_size=K, block_size=block, num_classes=num_classes, n_layer=2, n_head=2,
+                         n_embd=16)).eval()
+
+
+def test_special_tokens_never_collide_with_codes():
+    u = GPTConfig(codebook_size=10, block_size=4)
+    assert u.start_token == 10 and u.vocab_size == 11
+    c = GPTConfig(codebook_size=10, block_size=4, num_classes=3)
+    assert [c.class_token(i) for i in range(3)] == [10, 11, 12] and c.null_class_token == 13 and c.vocab_size == 14
+    with pytest.raises(ValueError):
+        c.start_token
+    g = GPT(c)
+    assert g.head.out_features == 10 and g.tok_emb.num_embeddings == 14  # only codes can be predicted
+    toks = sample(g, 6, generator=torch.Generator().manual_seed(0))
+    assert toks.max() < 10
+
+
+def test_kv_cache_matches_full_forward():
+    g = tiny_gpt(num_classes=2)
+    seq = torch.randint(0, 10, (3, 12))
+    seq[:, 0] = torch.tensor([10, 11, 12])
+    with torch.no_grad():
+        full = g(seq)  # (B, T, K)
+        cache = KVCache(g.cfg, 3, "cpu", torch.float32)
+        first = g.forward_cached(seq[:, :5], cache, 0)  # a prefill, then one token at a time
+        assert (first - full[:, 4]).abs().max() < 1e-5
+        for p in range(5, 12):
+            out = g.forward_cached(seq[:, p:p + 1], cache, p)
+            assert (out - full[:, p]).abs().max() < 1e-5
+    assert cache.length == 12
+
+
+def test_gpt_loss_and_weight_decay_groups():
+    g = tiny_gpt()
+    seq = torch.randint(0, 10, (2, 12))
+    logits, loss = g(seq, seq)
+    assert torch.allclose(loss, torch.nn.functional.cross_entropy(logits.reshape(-1, 10), seq.reshape(-1)))
+    opt = g.configure_optimizer(1e-3, (0.9, 0.95), 0.1)
+    decay = {id(p) for p in opt.param_groups[0]["params"]}
+    assert id(g.blocks[0].attn.qkv.weight) in decay and id(g.head.weight) in decay
+    assert id(g.tok_emb.weight) not in decay and id(g.blocks[0].ln_1.weight) not in decay
+    assert id(g.blocks[0].attn.qkv.bias) not in decay
+    # the residual projections start smaller than the other linear layers
+    assert g.blocks[0].attn.proj.weight.std() < 0.8 * g.blocks[0].attn.qkv.weight.std()
+
+
+def test_filter_logits():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    assert torch.allclose(filter_logits(logits), torch.tensor([[0.5, 0.3, 0.15, 0.05]]), atol=1e-6)
+    assert torch.allclose(filter_logits(logits, top_k=2), torch.tensor([[0.625, 0.375, 0, 0]]), atol=1e-6)
+    assert torch.allclose(filter_logits(logits, top_p=0.7), torch.tensor([[0.625, 0.375, 0, 0]]), atol=1e-6)
+    assert torch.allclose(filter_logits(logits, top_p=0.85), torch.tensor([[0.5, 0.3, 0.15, 0]]) / 0.95, atol=1e-6)
+    cold = filter_logits(logits, temperature=0.01)
+    assert cold[0, 0] > 0.999
+
+
+@pytest.mark.parametrize("num_classes, cfg_scale", [(0, 1.0), (3, 1.0), (3, 2.5)])
+def test_sliding_window_equals_sample_when_grid_is_window(num_classes, cfg_scale):
+    g = tiny_gpt(num_classes)
+    classes = [2, 0] if num_classes else None
+    kw = dict(temperature=1.3, top_k=7, top_p=0.95, cfg_scale=cfg_scale)
+    a = sample(g, 4, classes, generator=torch.Generator().manual_seed(5), **kw)
+    b = sliding_window_sample(g, 4, (3, 4), (3, 4), classes, generator=torch.Generator().manual_seed(5), **kw)
+    assert torch.equal(a.reshape(4, 3, 4), b)
+    c = sample(g, 4, classes, generator=torch.Generator().manual_seed(5), use_cache=False, **kw)
+    assert torch.equal(a, c)  # the cache changes nothing but speed
+    d = sample(g, 4, classes, generator=torch.Generator().manual_seed(6), **kw)
+    assert not torch.equal(a, d)
+
+
+def test_completion_keeps_the_given_tokens():
+    g = tiny_gpt()
+    given = torch.randint(0, 10, (2, 12))
+    out = sample(g, 2, tokens=given, start=6, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(out[:, :6], given[:, :6])
+    out2 = sliding_window_sample(g, 2, (5, 7), (3, 4), tokens=torch.randint(0, 10, (2, 5, 7)), start=10,
+                                 generator=torch.Generator().manual_seed(0))
+    assert out2.shape == (2, 5, 7)
+
+
+def test_window_origin_borders_and_corners():
+    grid, win = (5, 7), (3, 4)
+    assert window_origin(0, 0, grid, win) == (0, 0)        # top-left corner
+    assert window_origin(0, 6, grid, win) == (0, 3)        # top-right corner: clamped right
+    assert window_origin(4, 0, grid, win) == (2, 0)        # bottom-left corner: clamped down
+    assert window_origin(4, 6, grid, win) == (2, 3)        # bottom-right corner
+    assert window_origin(2, 3, grid, win) == (1, 1)        # centred in the middle
+    for i in range(5):
+        for j in range(7):
+            t, l = window_origin(i, j, grid, win)
+            assert 0 <= t <= 2 and 0 <= l <= 3 and t <= i < t + 3 and l <= j < l + 4
+
+
+def test_sliding_window_conditions_on_tokens_before_it_inside_its_window(monkeypatch):
+    g = tiny_gpt(block=12)
+    seen = []
+    real = _Stepper.logits
+
+    def record(self, context, key=None):
+        seen.append((context.clone(), key))
+        return real(self, context, key)
+    monkeypatch.setattr(_Stepper, "logits", record)
+    H, W, wh, ww = 5, 7, 3, 4
+    out = sliding_window_sample(g, 2, (H, W), (wh, ww), generator=torch.Generator().manual_seed(1))
+    assert len(seen) == H * W
+    for pos, (ctx, key) in enumerate(seen):
+        i, j = divmod(pos, W)
+        t, l = window_origin(i, j, (H, W), (wh, ww))
+        assert key == (t, l)
+        expect = [out[:, a, b] for a in range(t, t + wh) for b in range(l, l + ww) if (a, b) < (i, j)]
+        expect = torch.stack(expect, 1) if expect else torch.zeros(2, 0, dtype=torch.long)
+        assert torch.equal(ctx, expect), (i, j)
+
+
+def test_sliding_window_errors():
+    g = tiny_gpt(block=12)
+    with pytest.raises(ValueError, match="does not match the model's block_size"):
+        sliding_window_sample(g, 1, (4, 4), (2, 2))
+    with pytest.raises(ValueError, match="smaller than the window"):
+        sliding_window_sample(g, 1, (2, 8), (3, 4))
+
+
+def test_crop_windows_and_inputs():
+    grids = torch.arange(2 * 4 * 5).reshape(2, 4, 5)
+    seq = train_transformer.crop_windows(grids, (2, 3), torch.Generator().manual_seed(0))
+    assert seq.shape == (2, 6)
+    for b in range(2):
+        r, c = divmod(int(seq[b, 0]) - b * 20, 5)
+        assert torch.equal(seq[b], grids[b, r:r + 2, c:c + 3].reshape(-1))
+    assert torch.equal(train_transformer.crop_windows(grids, (4, 5)), grids.reshape(2, -1))
+    cfg = GPTConfig(codebook_size=100, block_size=6, num_classes=3)
+    inp = train_transformer.make_inputs(seq, torch.tensor([2, 0]), cfg)
+    assert inp[:, 0].tolist() == [102, 100] and torch.equal(inp[:, 1:], seq[:, :-1])
+    inp = train_transformer.make_inputs(seq.repeat(500, 1), torch.zeros(1000, dtype=torch.long), cfg,
+                                        pkeep=0.5, class_dropout=0.2, generator=torch.Generator().manual_seed(0))
+    assert 0.15 < (inp[:, 0] == 103).float().mean() < 0.25  # null class for ~20%
+    changed = (inp[:, 1:] != seq.repeat(500, 1)[:, :-1]).float().mean()
+    assert 0.4 < changed < 0.55  # ~half replaced by random codes (some by themselves)
+    u = GPTConfig(codebook_size=100, block_size=6)
+    assert (train_transformer.make_inputs(seq, torch.tensor([-1, -1]), u)[:, 0] == 100).all()
+
+
+@pytest.fixture(scope="module")
+def stage1(tmp_path_factory):
+    out = tmp_path_factory.mktemp("s1")
+    train_vqgan.train(TINY_STAGE1 + [f"run.out_dir={out}", "run.name=s1", "train.max_steps=2", "loss.disc_start=100"])
+    return str(out / "s1" / "checkpoints" / "last.pt")
+
+
+def stage2(tmp_path, stage1, name, *extra):
+    train_transformer.train(TINY_STAGE2 + [f"run.out_dir={tmp_path}", f"run.name={name}",
+                                           f"stage1.checkpoint={stage1}", *extra])
+    return os.path.join(tmp_path, name)
+
+
+def test_end_to_end_and_generate(tmp_path, stage1):
+    d = stage2(tmp_path, stage1, "g", "model.class_conditional=true")
+    ck = load(f"{d}/checkpoints/last.pt")
+    assert ck["kind"] == "transformer" and ck["step"] == 6 and ck["window"] == [8, 8]
+    assert ck["stage1"]["checkpoint"] == stage1 and len(ck["stage1"]["sha256"]) == 64
+    assert "encoder.conv_in.weight" not in ck["model"]  # never the stage-1 weights
+    import json
+    m = json.load(open(f"{d}/metrics.json"))
+    assert m["step"] == 6 and m["val_perplexity"] == pytest.approx(2.718281828 ** m["val_loss"], rel=1e-6)
+    g = GPT.from_checkpoint(f"{d}/checkpoints/last.pt")
+    assert g.cfg.num_classes == 5 and g.cfg.block_size == 64
+    ckpt = f"{d}/checkpoints/last.pt"
+    r = run_script("generate.py", "--checkpoint", ckpt, "--num", "3", "--class", "2", "--seed", "4",
+                   "--out", str(tmp_path / "a.png"), "--save-individual")
+    assert r.returncode == 0, r.stderr
+    assert "tokens/s" in r.stdout and Image.open(tmp_path / "a.png").size == (2 + 2 * 18, 2 + 2 * 18)
+    assert Image.open(tmp_path / "a_002.png").size == (16, 16)
+    r = run_script("generate.py", "--checkpoint", ckpt, "--num", "1", "--grid", "16x24", "--out",
+                   str(tmp_path / "big.png"))
+    assert r.returncode == 0, r.stderr
+    assert Image.open(tmp_path / "big.png").size == (48, 32) and "sliding window" in r.stdout
+    r = run_script("generate.py", "--checkpoint", ckpt, "--num", "2", "--no-kv-cache")
+    assert r.returncode == 0 and "no KV cache" in r.stdout
+    assert os.path.isfile(f"{d}/samples/samples_seed0_8x8.png")  # default: the run folder's samples/
+    for args, msg in [(["--grid", "0x3"], "both sides must be at least 1"),
+                      (["--grid", "abc"], "is not of the form HxW"),
+                      (["--grid", "4x4"], "smaller than the trained window 8x8"),
+                      (["--class", "5"], "--class 5 is out of range: this model has classes 0..4"),
+                      (["--num", "0"], "--num must be at least 1")]:
+        r = run_script("generate.py", "--checkpoint", ckpt, *args)
+        assert r.returncode == 2 and msg in r.stderr and "Traceback" not in r.stderr, (args, r.stderr)
+    r = run_script("generate.py", "--checkpoint", stage1)
+    assert r.returncode == 2 and "is a vqgan checkpoint, expected a transformer checkpoint" in r.stderr
+    r = run_script("generate.py", "--checkpoint", str(tmp_path / "none.pt"))
+    assert r.returncode == 2 and "no checkpoint at" in r.stderr
+
+
+def test_unconditional_class_error_and_stage1_changes(tmp_path, stage1):
+    import shutil
+    s1 = str(tmp_path / "s1.pt")
+    shutil.copy(stage1, s1)
+    d = stage2(tmp_path, s1, "u", "train.max_steps=2")
+    ckpt = f"{d}/checkpoints/last.pt"
+    r = run_script("generate.py", "--checkpoint", ckpt, "--class", "1")
+    assert r.returncode == 2 and "this model is unconditional" in r.stderr
+    # the stage-1 file changes (same architecture, other weights): a warning, and resume refuses
+    ck = load(s1)
+    ck["model"]["decoder.conv_out.bias"] += 0.1
+    torch.save(ck, s1)
+    r = run_script("generate.py", "--checkpoint", ckpt, "--num", "1", "--out", str(tmp_path / "w.png"))
+    assert r.returncode == 0 and "has changed since this transformer was trained" in r.stderr
+    with pytest.raises(UserError, match="has changed since this run started"):
+        train_transformer.train(["--resume", ckpt, "train.max_steps=4"])
+    # a different architecture: generate refuses
+    ck["config"]["model"]["codebook_size"] = 32
+    ck["model"]["codebook.embedding.weight"] = torch.zeros(32, 4)
+    for k in ("codebook.unused_steps", "codebook.window_counts"):
+        ck["model"][k] = torch.zeros(32, dtype=ck["model"][k].dtype)
+    torch.save(ck, s1)
+    r = run_script("generate.py", "--checkpoint", ckpt)
+    assert r.returncode == 2 and "now holds a different model" in r.stderr
+
+
+def test_token_cache_reused_and_invalidated(tmp_path, stage1, monkeypatch):
+    calls = []
+    real = transformer.tokens.encode_dataset
+
+    def counting(*a, **k):
+        calls.append(1)
+        return real(*a, **k)
+    monkeypatch.setattr(transformer.tokens, "encode_dataset", counting)
+    stage2(tmp_path, stage1, "c1", "train.max_steps=1")
+    assert len(calls) == 2  # train and val encoded once
+    files = sorted(os.listdir(tmp_path / "cache"))
+    assert len(files) == 2 and files[0].endswith("_train.pt") and files[1].endswith("_val.pt")
+    stage2(tmp_path, stage1, "c2", "train.max_steps=1", "model.n_embd=64")
+    assert len(calls) == 2  # another run on the same stage-1 model and data: reused
+    stage2(tmp_path, stage1, "c3", "train.max_steps=1", "data.num_train=72")
+    assert len(calls) == 4 and len(os.listdir(tmp_path / "cache")) == 4  # other images: another cache file
+    # a cache file whose contents disagree with the stage-1 model is an error, never silently used
+    path = str(tmp_path / "cache" / files[0])
+    c = torch.load(path, weights_only=True)
+    c["meta"]["codebook_size"] = 99
+    torch.save(c, path)
+    with pytest.raises(UserError, match="does not match the stage-1 model: codebook_size is 99 there, 16 here"):
+        stage2(tmp_path, stage1, "c4", "train.max_steps=1")
+
+
+def test_exact_resume_stage2(tmp_path, stage1):
+    opts = ["train.pkeep=0.8", "model.class_conditional=true", "model.window=[4,6]", "model.dropout=0.1"]
+    a = stage2(tmp_path, stage1, "a", *opts)
+    b = stage2(tmp_path, stage1, "b", *opts, "train.max_steps=4")
+    train_transformer.train(["--resume", f"{b}/checkpoints/last.pt", "train.max_steps=6"])
+    ca, cb = load(f"{a}/checkpoints/last.pt"), load(f"{b}/checkpoints/last.pt")
+    assert ca["step"] == cb["step"] == 6 and ca["window"] == [4, 6] and ca["grid"] == [8, 8]
+    assert max_weight_diff(ca["model"], cb["model"]) <= 1e-6
+
+
+def test_stage2_config_errors(tmp_path, stage1):
+    with pytest.raises(UserError, match=r"model.window=\[9, 8\] is larger than the 8x8 token grid"):
+        stage2(tmp_path, stage1, "w", "model.window=[9,8]")
+    with pytest.raises(UserError, match="data.image_size=32 but the stage-1 model was trained with 16"):
+        stage2(tmp_path, stage1, "i", "data.image_size=32")
+    with pytest.raises(UserError, match="model.n_embd=30 is not divisible by model.n_head=4"):
+        stage2(tmp_path, stage1, "e", "model.n_embd=30", "model.n_head=4")
+    with pytest.raises(UserError, match="no checkpoint at"):
+        stage2(tmp_path, str(tmp_path / "missing.pt"), "m")
+    r = run_script("train_transformer.py", f"run.out_dir={tmp_path}", f"stage1.checkpoint={stage1}",
+                   "model.n_embed=64")
+    assert r.returncode == 2 and "did you mean 'model.n_embd'?" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_stage2(tmp_path, stage1):
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                        "train_transformer.py", f"run.out_dir={tmp_path}", "run.name=ddp",
+                        f"stage1.checkpoint={stage1}", *TINY_STAGE2, "data.batch_size=4"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert r.returncode == 0, r.stderr[-1500:]
+    assert load(f"{tmp_path}/ddp/checkpoints/last.pt")["step"] == 6

@@ -1,0 +1,282 @@
+"""Stage 1: train a VQGAN (autoencoder + codebook, with LPIPS and a PatchGAN discriminator).
+
+    python train_vqgan.py [--config configs/shapes_vqgan.yaml] [--resume [CKPT]] [section.key=value ...]
+    torchrun --nproc_per_node=N train_vqgan.py ...
+"""
+import os
+import time
+from contextlib import nullcontext
+
+import torch
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel as DDP
+from torch.utils.data import DataLoader
+from torchvision.utils import make_grid
+from tqdm import tqdm
+
+from utils.checkpoint import FORMAT, rotate, save_atomic, unwrap
+from utils.config import Stage1Config, dump_yaml, to_dict
+from utils.data import ResumableSampler, build_datasets
+from utils.distributed import (all_reduce_sum, gather_rng_states, init_distributed, restore_rng_states,
+                               select_device)
+from utils.errors import UserError
+from utils.logging import RunLogger, setup_logging
+from utils.metrics import InceptionFeatures, frechet_distance, mean_cov, psnr, ssim
+from utils.run import (EMA, StopSignal, autocast_context, lr_factor, main_guard, parse_args, prepare_run_dir,
+                       resolve_config)
+from vqgan.codebook import usage_from_counts
+from vqgan.discriminator import PatchDiscriminator
+from vqgan.losses import LossWeights, discriminator_loss, generator_backward
+from vqgan.lpips import LPIPS
+from vqgan.model import VQGAN
+
+
+@torch.no_grad()
+def evaluate(model, loader, device, ctx, lpips=None, inception=None, max_batches=0):
+    """Validation figures over the (sharded) val split, summed across ranks, and the first batch's images."""
+    model.eval()
+    K = model.codebook.codebook_size
+    sums = torch.zeros(5, device=device, dtype=torch.float64)  # psnr, ssim, l1, lpips, count
+    counts = torch.zeros(K, device=device)
+    first, feats_real, feats_fake = None, [], []
+    for i, (x, _) in enumerate(loader):
+        if max_batches and i >= max_batches:
+            break
+        x = x.to(device, non_blocking=True)
+        with ctx:
+            x_rec, _, info = model(x)
+        x_rec = x_rec.float()
+        a, b = (x + 1) / 2, ((x_rec + 1) / 2).clamp(0, 1)
+        sums[0] += psnr(a, b).sum()
+        sums[1] += ssim(a, b).sum()
+        sums[2] += (a - b).abs().mean(dim=(1, 2, 3)).sum()
+        if lpips is not None:
+            sums[3] += lpips(x_rec, x).sum()
+        sums[4] += x.shape[0]
+        counts += torch.bincount(info["indices"].flatten(), minlength=K).float()
+        if inception is not None:
+            feats_real.append(inception(x))
+            feats_fake.append(inception(x_rec.clamp(-1, 1)))
+        if first is None:
+            first = (x[:8].cpu(), x_rec[:8].cpu())
+    all_reduce_sum(sums)
+    all_reduce_sum(counts)  # a code counts as used when any rank used it
+    n = max(1.0, sums[4].item())
+    used, ppl = usage_from_counts(counts)
+    out = {"psnr": sums[0].item() / n, "ssim": sums[1].item() / n, "l1": sums[2].item() / n,
+           "codebook_usage": used, "perplexity": ppl}
+    if lpips is not None:
+        out["lpips"] = sums[3].item() / n
+    if inception is not None:
+        fr, ff = torch.cat(feats_real), torch.cat(feats_fake)
+        out["rfid"] = frechet_distance(*mean_cov(fr), *mean_cov(ff))
+    return out, first
+
+
+def train(argv=None):
+    args = parse_args(argv, "configs/shapes_vqgan.yaml", "Train a VQGAN (stage 1).")
+    dist_info = init_distributed()
+    log = setup_logging(dist_info.is_main)
+    cfg, ckpt = resolve_config(Stage1Config, args, "vqgan")
+    run_dir = prepare_run_dir(cfg, resuming=ckpt is not None, is_main=dist_info.is_main)
+    device = select_device(cfg.train.device, dist_info)
+    t, lc = cfg.train, cfg.loss
+
+    # ---------------------------------------------------------------- data
+    train_set, val_set = build_datasets(cfg.data, cfg.run.seed)
+    micro = cfg.data.batch_size
+    sampler = ResumableSampler(len(train_set), cfg.run.seed, dist_info.rank, dist_info.world_size)
+    if sampler.per_rank < micro:
+        raise UserError(f"data.batch_size={micro} is larger than the {sampler.per_rank} training images per process")
+    loader_kw = dict(num_workers=cfg.data.num_workers, pin_memory=device.type == "cuda",
+                     persistent_workers=False)
+    train_loader = DataLoader(train_set, micro, sampler=sampler, drop_last=True, **loader_kw)
+    val_sampler = ResumableSampler(len(val_set), 0, dist_info.rank, dist_info.world_size, shuffle=False)
+    val_loader = DataLoader(val_set, micro, sampler=val_sampler, **loader_kw)
+    steps_per_epoch = len(sampler) // micro
+
+    # ---------------------------------------------------------------- models and losses
+    torch.manual_seed(cfg.run.seed)  # identical initialisation on every rank
+    model = VQGAN(cfg.model, cfg.data.image_size, cfg.data.channels).to(device)
+    disc = PatchDiscriminator(cfg.data.channels, lc.disc_channels, lc.disc_layers).to(device)
+    lpips = LPIPS(lc.lpips_vgg_weights).to(device) if lc.perceptual_weight > 0 else None  # fails here when offline
+    inception = InceptionFeatures().to(device) if t.rfid else None
+    opt = torch.optim.Adam(model.parameters(), lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay)
+    d_lr = lc.disc_lr if lc.disc_lr is not None else t.lr
+    d_opt = torch.optim.Adam(disc.parameters(), lr=d_lr, betas=tuple(t.betas))
+    scaler = torch.amp.GradScaler(device.type, enabled=t.precision == "fp16")
+    d_scaler = torch.amp.GradScaler(device.type, enabled=t.precision == "fp16")
+    ema = EMA(model, t.ema_decay) if t.ema_decay > 0 else None
+    step, epoch, batch_in_epoch = 0, 0, 0
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"], strict=True)
+        disc.load_state_dict(ckpt["disc"], strict=True)
+        opt.load_state_dict(ckpt["optimizer"])
+        d_opt.load_state_dict(ckpt["disc_optimizer"])
+        scaler.load_state_dict(ckpt["scaler"])
+        d_scaler.load_state_dict(ckpt["disc_scaler"])
+        if ema is not None:
+            ema.load_state_dict(ckpt["ema"] if ckpt.get("ema") is not None else ckpt["model"])
+        step, epoch, batch_in_epoch = ckpt["step"], ckpt["data"]["epoch"], ckpt["data"]["batch"]
+        restore_rng_states(ckpt["rng"], dist_info.rank, device)
+        del ckpt
+    else:
+        torch.manual_seed(cfg.run.seed + dist_info.rank)
+    if dist_info.is_main:
+        dump_yaml(cfg, os.path.join(run_dir, "config.yaml"))
+    fwd_model = torch.compile(model) if t.compile else model
+    if dist_info.enabled:
+        # the codebook keeps its own counters in sync (step_update), so buffers are not broadcast
+        fwd_model = DDP(fwd_model, device_ids=[device.index] if device.type == "cuda" else None,
+                        broadcast_buffers=False)
+        d_train = DDP(disc, device_ids=[device.index] if device.type == "cuda" else None)
+    else:
+        d_train = disc
+    ctx = autocast_context(device, t.precision)
+    weights = LossWeights(lc.l1_weight, lc.l2_weight, lc.perceptual_weight, lc.codebook_weight, lc.disc_weight)
+    logger = RunLogger(run_dir, dist_info.is_main)
+    stop = StopSignal()
+    n_params = sum(p.numel() for p in model.parameters())
+    log.info(f"run folder {run_dir} | {device} {t.precision} x{dist_info.world_size} | VQGAN {n_params / 1e6:.2f}M "
+             f"params, {cfg.model.codebook_size} codes x {cfg.model.codebook_dim} | {len(train_set)} train / "
+             f"{len(val_set)} val images | {'resuming at step ' + str(step) if step else 'from scratch'}")
+
+    def save(final_step: int) -> None:
+        rng = gather_rng_states(device)  # a collective: every rank takes part
+        if not dist_info.is_main:
+            return
+        state = {"kind": "vqgan", "format": FORMAT, "config": to_dict(cfg), "model": model.state_dict(),
+                 "step": final_step, "optimizer": opt.state_dict(), "disc": disc.state_dict(),
+                 "disc_optimizer": d_opt.state_dict(), "scaler": scaler.state_dict(),
+                 "disc_scaler": d_scaler.state_dict(), "ema": ema.state_dict() if ema else None,
+                 "rng": rng, "data": {"epoch": epoch, "batch": batch_in_epoch}}
+        folder = os.path.join(run_dir, "checkpoints")
+        save_atomic(state, os.path.join(folder, "last.pt"))
+        if t.keep_last > 0:
+            save_atomic(state, os.path.join(folder, f"step_{final_step:07d}.pt"))
+            rotate(folder, t.keep_last)
+
+    def validate(at_step: int) -> dict:
+        rng = torch.get_rng_state()  # evaluation must not move the training RNG
+        net = ema.model if ema is not None else model
+        metrics, (x, x_rec) = evaluate(net, val_loader, device, ctx, lpips, inception, t.eval_batches)
+        torch.set_rng_state(rng)
+        model.train()
+        metrics = {"step": at_step, **metrics}
+        logger.scalars("val", {k: v for k, v in metrics.items() if k != "step"}, at_step)
+        grid = make_grid(torch.cat([x, x_rec.clamp(-1, 1)]).add(1).div(2), nrow=x.shape[0], padding=1)
+        logger.image("val/inputs_above_reconstructions", grid, at_step)
+        logger.metrics(metrics)
+        return metrics
+
+    # ---------------------------------------------------------------- the loop
+    model.train()
+    disc.train()
+    last_layer = model.decoder.last_layer
+    sums, n_sums = {}, 0
+    t_log, images_since = time.time(), 0
+    metrics = {}
+    bar = tqdm(total=t.max_steps, initial=step, disable=not dist_info.is_main, dynamic_ncols=True, desc="stage 1")
+    sampler.set_epoch(epoch, batch_in_epoch * micro)
+    train_set.set_epoch(epoch) if hasattr(train_set, "set_epoch") else None
+    data_iter = iter(train_loader)
+    while step < t.max_steps:
+        scale = lr_factor(step, t.warmup_steps, t.max_steps, t.lr_schedule, t.min_lr_ratio)
+        for g in opt.param_groups:
+            g["lr"] = t.lr * scale
+        for g in d_opt.param_groups:
+            g["lr"] = d_lr * scale
+        gan_on = step >= lc.disc_start
+        for k in range(t.grad_accum):
+            try:
+                x, _ = next(data_iter)
+            except StopIteration:
+                epoch, batch_in_epoch = epoch + 1, 0
+                sampler.set_epoch(epoch)
+                train_set.set_epoch(epoch) if hasattr(train_set, "set_epoch") else None
+                data_iter = iter(train_loader)
+                x, _ = next(data_iter)
+            batch_in_epoch += 1
+            x = x.to(device, non_blocking=True)
+            last_micro = k == t.grad_accum - 1
+            sync = nullcontext() if last_micro or not dist_info.enabled else fwd_model.no_sync()
+            with sync:
+                with ctx:
+                    x_rec, vq_loss, _ = fwd_model(x)
+                grad_scale = scaler.scale(torch.ones((), device=device)) / t.grad_accum if scaler.is_enabled() \
+                    else 1.0 / t.grad_accum
+                # the generator pass uses the bare discriminator: its weights get no update from it
+                terms = generator_backward(x, x_rec, vq_loss, last_layer, weights, lpips,
+                                           disc if gan_on else None, grad_scale, ctx)
+            if gan_on:
+                d_sync = nullcontext() if last_micro or not dist_info.enabled else d_train.no_sync()
+                with d_sync:
+                    with ctx:
+                        d_terms = discriminator_loss(d_train, x, x_rec, lc.disc_loss)
+                    d_scaler.scale(d_terms["d_loss"] / t.grad_accum).backward()
+                terms.update(d_terms)
+            for name, v in terms.items():
+                sums[name] = sums.get(name, 0.0) + v.detach().float()
+            n_sums += 1
+
+        # one sync per step: agree on stopping (a signal on any rank) and on a non-finite loss
+        flags = torch.stack([(~torch.isfinite(terms["total"])).float(),
+                             torch.tensor(float(stop.received is not None), device=device)])
+        all_reduce_sum(flags)
+        if flags[0].item() > 0:
+            parts = ", ".join(f"{k}={v.item():.4g}" for k, v in terms.items())
+            raise UserError(f"non-finite loss at step {step + 1} ({parts}); nothing was saved from this step, "
+                            f"'{run_dir}/checkpoints/last.pt' is the last good state; lower train.lr, "
+                            f"set train.grad_clip, or use train.precision=fp32")
+        for o, s, params in ((opt, scaler, model.parameters()), (d_opt, d_scaler, disc.parameters())):
+            if o is d_opt and not gan_on:
+                break
+            if t.grad_clip > 0:
+                s.unscale_(o)
+                torch.nn.utils.clip_grad_norm_(list(params), t.grad_clip)
+            s.step(o)
+            s.update()
+            o.zero_grad(set_to_none=True)
+        restarted = model.codebook.step_update()
+        if ema is not None:
+            ema.update(model)
+        step += 1
+        images_since += micro * t.grad_accum * dist_info.world_size
+        bar.update(1)
+
+        if step % t.log_every == 0 or step == t.max_steps:
+            names = sorted(sums)
+            vals = all_reduce_sum(torch.stack([sums[k] for k in names])) / (n_sums * dist_info.world_size)
+            logged = dict(zip(names, vals.tolist()))
+            used, ppl = model.codebook.usage_stats(reset=True)
+            elapsed = time.time() - t_log
+            logged.update(lr=opt.param_groups[0]["lr"], images_per_sec=images_since / max(elapsed, 1e-9),
+                          codebook_usage=used, perplexity=ppl, restarted_codes=restarted)
+            logger.scalars("train", logged, step)
+            bar.set_postfix(loss=f"{logged['total']:.4f}", l1=f"{logged['l1']:.4f}", usage=f"{used:.2f}",
+                            img_s=f"{logged['images_per_sec']:.0f}")
+            sums, n_sums, t_log, images_since = {}, 0, time.time(), 0
+        stopping = flags[1].item() > 0
+        if step % t.eval_every == 0 or step == t.max_steps:
+            metrics = validate(step)
+            log.info(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k != "step"))
+        if step % t.ckpt_every == 0 or step == t.max_steps or stopping:
+            save(step)
+        if stopping:
+            bar.close()
+            log.info(f"stopped by {stop.received or 'a signal on another rank'} at step {step}; checkpoint saved, "
+                     f"continue with: python train_vqgan.py --resume {run_dir}/checkpoints/last.pt")
+            logger.close()
+            return
+    bar.close()
+    if step == t.max_steps and not metrics:  # resumed at (or started past) the end: still evaluate and save
+        metrics = validate(step)
+        save(step)
+    logger.close()
+    if dist_info.is_main:
+        figures = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k != "step")
+        log.info(f"done: {step} steps; val {figures}; run folder {run_dir}")
+
+
+if __name__ == "__main__":
+    main_guard(train)

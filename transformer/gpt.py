@@ -1,0 +1,165 @@
+"""A GPT over codebook indices (minGPT/nanoGPT mould) with a preallocated KV cache.
+
+Vocabulary: ids 0..K-1 are codes; K.. are special tokens that only ever appear as the one-token
+prefix: a start token for unconditional models, or one token per class plus a "null" class (for
+classifier-free guidance) for class-conditional ones. The output head predicts codes only, so a
+special token can never be sampled.
+"""
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from utils.checkpoint import load_checkpoint_file
+from utils.errors import UserError
+
+
+@dataclass
+class GPTConfig:
+    codebook_size: int          # K: number of codes (the output classes)
+    block_size: int             # tokens per training sequence: window_h * window_w (the prefix takes slot 0)
+    num_classes: int = 0        # 0: unconditional
+    n_layer: int = 8
+    n_head: int = 8
+    n_embd: int = 512
+    dropout: float = 0.0
+
+    @property
+    def vocab_size(self) -> int:
+        return self.codebook_size + (self.num_classes + 1 if self.num_classes else 1)
+
+    @property
+    def start_token(self) -> int:
+        if self.num_classes:
+            raise ValueError("a class-conditional model starts from a class token")
+        return self.codebook_size
+
+    def class_token(self, c: int) -> int:
+        return self.codebook_size + c
+
+    @property
+    def null_class_token(self) -> int:
+        return self.codebook_size + self.num_classes
+
+
+class KVCache:
+    """Preallocated keys and values for every layer: (n_layer, B, n_head, block_size, head_dim) each."""
+
+    def __init__(self, cfg: GPTConfig, batch: int, device, dtype):
+        shape = (cfg.n_layer, batch, cfg.n_head, cfg.block_size, cfg.n_embd // cfg.n_head)
+        self.k = torch.empty(shape, device=device, dtype=dtype)
+        self.v = torch.empty(shape, device=device, dtype=dtype)
+        self.length = 0  # positions filled
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.n_head, self.dropout = cfg.n_head, cfg.dropout
+        self.qkv = nn.Linear(cfg.n_embd, 3 * cfg.n_embd)
+        self.proj = nn.Linear(cfg.n_embd, cfg.n_embd)
+        self.resid_drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor, cache: KVCache = None, layer: int = 0, pos: int = 0) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).split(C, dim=2)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hd)
+        causal = True
+        if cache is not None:
+            cache.k[layer, :, :, pos:pos + T] = k
+            cache.v[layer, :, :, pos:pos + T] = v
+            k, v = cache.k[layer, :, :, :pos + T], cache.v[layer, :, :, :pos + T]  # (B, nh, pos+T, hd)
+            if pos > 0:
+                if T != 1:
+                    raise ValueError("with a filled cache, feed one token at a time")
+                causal = False  # one new query attends to every cached position
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=causal,
+                                           dropout_p=self.dropout if self.training else 0.0)
+        y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C)
+        return self.resid_drop(self.proj(y))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(cfg.n_embd)
+        self.attn = CausalSelfAttention(cfg)
+        self.ln_2 = nn.LayerNorm(cfg.n_embd)
+        self.mlp = nn.Sequential(nn.Linear(cfg.n_embd, 4 * cfg.n_embd), nn.GELU(),
+                                 nn.Linear(4 * cfg.n_embd, cfg.n_embd), nn.Dropout(cfg.dropout))
+
+    def forward(self, x, cache=None, layer=0, pos=0):
+        x = x + self.attn(self.ln_1(x), cache, layer, pos)
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        if cfg.n_embd % cfg.n_head:
+            raise UserError(f"model.n_embd={cfg.n_embd} must be divisible by model.n_head={cfg.n_head}")
+        self.cfg = cfg
+        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        self.pos_emb = nn.Embedding(cfg.block_size, cfg.n_embd)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.ln_f = nn.LayerNorm(cfg.n_embd)
+        self.head = nn.Linear(cfg.n_embd, cfg.codebook_size, bias=False)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        # GPT-2 initialisation: N(0, 0.02) for embeddings and linear weights, zero biases, LayerNorm (1, 0);
+        # the projections that write into the residual stream are scaled by 1/sqrt(2 n_layer) so that
+        # the stream's variance does not grow with depth.
+        for m in self.modules():
+            if isinstance(m, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(m.weight, 0.0, 0.02)
+                if getattr(m, "bias", None) is not None:
+                    nn.init.zeros_(m.bias)
+        for block in self.blocks:
+            for proj in (block.attn.proj, block.mlp[2]):
+                nn.init.normal_(proj.weight, 0.0, 0.02 / math.sqrt(2 * self.cfg.n_layer))
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor = None):
+        """idx: (B, T) token ids (prefix first) -> logits (B, T, K); with targets (B, T) also the mean
+        cross-entropy in nats per token."""
+        B, T = idx.shape
+        if T > self.cfg.block_size:
+            raise ValueError(f"sequence of {T} tokens is longer than block_size {self.cfg.block_size}")
+        x = self.drop(self.tok_emb(idx) + self.pos_emb.weight[:T])  # (B, T, C)
+        for block in self.blocks:
+            x = block(x)
+        logits = self.head(self.ln_f(x))  # (B, T, K)
+        if targets is None:
+            return logits
+        return logits, F.cross_entropy(logits.float().view(-1, logits.shape[-1]), targets.reshape(-1))
+
+    def forward_cached(self, idx: torch.Tensor, cache: KVCache, pos: int) -> torch.Tensor:
+        """Runs idx (B, T) at positions pos..pos+T-1 through the cache; returns the last position's
+        logits (B, K). T > 1 only when pos == 0 (a prefill)."""
+        T = idx.shape[1]
+        x = self.tok_emb(idx) + self.pos_emb.weight[pos:pos + T]  # (B, T, C)
+        for i, block in enumerate(self.blocks):
+            x = block(x, cache, i, pos)
+        cache.length = pos + T
+        return self.head(self.ln_f(x[:, -1]))  # (B, K)
+
+    def configure_optimizer(self, lr: float, betas, weight_decay: float) -> torch.optim.AdamW:
+        """AdamW with weight decay on matmul weights only (not biases, LayerNorms or embeddings)."""
+        decay, no_decay = [], []
+        for name, p in self.named_parameters():
+            (decay if p.dim() >= 2 and "emb" not in name else no_decay).append(p)
+        groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas))
+
+    @classmethod
+    def from_checkpoint(cls, path: str, map_location="cpu") -> "GPT":
+        ckpt = load_checkpoint_file(path, "transformer", map_location)
+        model = cls(GPTConfig(**ckpt["gpt_config"]))
+        model.load_state_dict(ckpt["model"], strict=True)
+        return model.eval().requires_grad_(False)
+
+    def config_dict(self) -> dict:
+        return asdict(self.cfg)

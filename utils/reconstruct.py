@@ -1,0 +1,62 @@
+"""Encode and decode your own images with a trained VQGAN; report PSNR, SSIM and the codes used.
+
+    python -m utils.reconstruct --checkpoint runs/shapes_vqgan/checkpoints/last.pt --images DIR --out DIR
+"""
+import argparse
+import os
+import sys
+
+import numpy as np
+import torch
+from PIL import Image
+
+from utils.data import FolderDataset, list_images
+from utils.errors import UserError
+from utils.metrics import psnr, ssim
+from vqgan.model import VQGAN
+
+
+@torch.no_grad()
+def reconstruct(checkpoint: str, images: str, out: str, batch_size: int = 16, device: str = "cpu") -> dict:
+    model = VQGAN.from_checkpoint(checkpoint, map_location=device)
+    data = FolderDataset(list_images(images), model.image_size, model.channels, train=False)
+    os.makedirs(out, exist_ok=True)
+    p_sum = s_sum = 0.0
+    used = torch.zeros(model.codebook.codebook_size, dtype=torch.bool)
+    for start in range(0, len(data), batch_size):
+        idx = range(start, min(len(data), start + batch_size))
+        x = torch.stack([data[i][0] for i in idx]).to(device)
+        codes = model.encode_to_indices(x)
+        x_rec = model.decode_indices(codes).clamp(-1, 1)
+        a, b = (x + 1) / 2, (x_rec + 1) / 2
+        p_sum += psnr(a, b).sum().item()
+        s_sum += ssim(a, b).sum().item()
+        used[codes.flatten().unique().cpu()] = True
+        for i, img in zip(idx, b):
+            arr = (img.permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)  # (H, W, C)
+            name = os.path.splitext(os.path.relpath(data.files[i], images))[0].replace(os.sep, "_") + ".png"
+            Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr).save(os.path.join(out, name))
+    n = len(data)
+    return {"images": n, "psnr": p_sum / n, "ssim": s_sum / n, "codes_used": int(used.sum()),
+            "codebook_size": model.codebook.codebook_size}
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--images", required=True, help="folder of images (searched recursively)")
+    p.add_argument("--out", required=True, help="folder for the reconstructions (PNG)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--device", default="cpu")
+    args = p.parse_args(argv)
+    try:
+        r = reconstruct(args.checkpoint, args.images, args.out, args.batch_size, args.device)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    print(f"{r['images']} images -> {args.out}: PSNR {r['psnr']:.2f} dB, SSIM {r['ssim']:.4f}, "
+          f"{r['codes_used']}/{r['codebook_size']} codes used")
+
+
+if __name__ == "__main__":
+    main()
