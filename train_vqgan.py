@@ -88,8 +88,10 @@ def train(argv=None):
     sampler = ResumableSampler(len(train_set), cfg.run.seed, dist_info.rank, dist_info.world_size)
     if sampler.per_rank < micro:
         raise UserError(f"data.batch_size={micro} is larger than the {sampler.per_rank} training images per process")
+    # own generators: creating an iterator must not draw from the training RNG (exact resume);
+    # augmentation is seeded by (seed, epoch, index) in the datasets themselves
     loader_kw = dict(num_workers=cfg.data.num_workers, pin_memory=device.type == "cuda",
-                     persistent_workers=False)
+                     persistent_workers=False, generator=torch.Generator())
     train_loader = DataLoader(train_set, micro, sampler=sampler, drop_last=True, **loader_kw)
     val_sampler = ResumableSampler(len(val_set), 0, dist_info.rank, dist_info.world_size, shuffle=False)
     val_loader = DataLoader(val_set, micro, sampler=val_sampler, **loader_kw)

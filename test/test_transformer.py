@@ -215,7 +215,7 @@ def test_unconditional_class_error_and_stage1_changes(tmp_path, stage1):
     import shutil
     s1 = str(tmp_path / "s1.pt")
     shutil.copy(stage1, s1)
-    d = stage2(tmp_path, s1, "u", "train.max_steps=2")
+    d = stage2(tmp_path, s1, "u", "train.max_steps=2", "model.class_conditional=false")
     ckpt = f"{d}/checkpoints/last.pt"
     r = run_script("generate.py", "--checkpoint", ckpt, "--class", "1")
     assert r.returncode == 2 and "this model is unconditional" in r.stderr
