@@ -13,22 +13,20 @@ from contextlib import nullcontext
 
 import torch
 import torch.distributed as dist
-from torch.nn.parallel import DistributedDataParallel as DDP
 from torchvision.utils import make_grid
 from tqdm import tqdm
 
 from transformer.gpt import GPT, GPTConfig
 from transformer.sampling import sample, sliding_window_sample
 from transformer.tokens import cache_path, dataset_key, file_sha256, load_or_encode
-from utils.checkpoint import FORMAT, rotate, save_atomic
+from utils.checkpoint import FORMAT, save_run_checkpoint
 from utils.config import Stage2Config, dump_yaml, to_dict
 from utils.data import ResumableSampler, build_datasets
-from utils.distributed import (all_reduce_sum, gather_rng_states, init_distributed, restore_rng_states,
-                               select_device)
+from utils.distributed import all_reduce_sum, gather_rng_states, init_distributed, select_device
 from utils.errors import UserError
 from utils.logging import RunLogger, setup_logging
 from utils.run import (StopSignal, autocast_context, lr_factor, main_guard, parse_args, prepare_run_dir,
-                       resolve_config)
+                       resolve_config, start_position, wrap_ddp)
 from vqgan.model import VQGAN
 
 
@@ -129,18 +127,21 @@ def train(argv=None):
 
     # ---------------------------------------------------------------- frozen stage 1 and the token cache
     vq, sha, stage1_info = load_stage1(cfg.stage1.checkpoint, device, ckpt["stage1"] if ckpt else None)
-    for key, theirs in (("image_size", vq.image_size), ("channels", vq.channels)):
-        ours = getattr(d, key)
-        if ours is not None and ours != theirs:
-            raise UserError(f"data.{key}={ours} but the stage-1 model was trained with {theirs}; "
-                            f"leave data.{key} unset (null) to use the stage-1 value")
-        setattr(d, key, theirs)
+    if d.channels is not None and d.channels != vq.channels:
+        raise UserError(f"data.channels={d.channels} but the stage-1 model takes {vq.channels}; "
+                        "leave data.channels unset (null) to use the stage-1 value")
+    d.channels = vq.channels
+    f = vq.cfg.downsample_factor
+    if d.image_size is None:
+        d.image_size = vq.image_size
+    elif d.image_size % f:  # the autoencoder is convolutional: larger images give larger grids
+        raise UserError(f"data.image_size={d.image_size} is not a multiple of the stage-1 downsampling factor {f}")
     run_dir = prepare_run_dir(cfg, resuming=ckpt is not None, is_main=dist_info.is_main)
-    train_set, val_set = build_datasets(d, cfg.run.seed)
+    train_set, val_set = build_datasets(d, cfg.run.seed, augment=False)  # encoded once: no random crops
     cache_dir = os.path.join(cfg.run.out_dir, "cache")
     key = dataset_key(d, cfg.run.seed)
     meta = {"stage1_sha256": sha, "codebook_size": vq.cfg.codebook_size,
-            "grid": [vq.latent_size, vq.latent_size], "dataset": key}
+            "grid": [d.image_size // f, d.image_size // f], "dataset": key}
     data = {}
     for split, ds in (("train", train_set), ("val", val_set)):
         path = cache_path(cache_dir, sha, key, split)
@@ -172,7 +173,6 @@ def train(argv=None):
     model = GPT(gcfg).to(device)
     opt = model.configure_optimizer(t.lr, t.betas, t.weight_decay)
     scaler = torch.amp.GradScaler(device.type, enabled=t.precision == "fp16")
-    step, epoch, batch_in_epoch = 0, 0, 0
     if ckpt is not None:
         if ckpt["gpt_config"] != to_dict(gcfg):
             raise UserError(f"the checkpoint's model {ckpt['gpt_config']} differs from the one this config and the "
@@ -180,16 +180,13 @@ def train(argv=None):
         model.load_state_dict(ckpt["model"], strict=True)
         opt.load_state_dict(ckpt["optimizer"])
         scaler.load_state_dict(ckpt["scaler"])
-        step, epoch, batch_in_epoch = ckpt["step"], ckpt["data"]["epoch"], ckpt["data"]["batch"]
-        restore_rng_states(ckpt["rng"], dist_info.rank, device)
-        del ckpt
-    else:
-        torch.manual_seed(cfg.run.seed + dist_info.rank)
+    step, epoch, batch_in_epoch = start_position(ckpt, cfg.run.seed, dist_info.rank, device)
+    del ckpt
     if dist_info.is_main:
         dump_yaml(cfg, os.path.join(run_dir, "config.yaml"))
     fwd = torch.compile(model) if t.compile else model
     if dist_info.enabled:
-        fwd = DDP(fwd, device_ids=[device.index] if device.type == "cuda" else None)
+        fwd = wrap_ddp(fwd, device)
     ctx = autocast_context(device, t.precision)
     logger = RunLogger(run_dir, dist_info.is_main)
     stop = StopSignal()
@@ -211,11 +208,7 @@ def train(argv=None):
                  "model": model.state_dict(), "step": at_step, "optimizer": opt.state_dict(),
                  "scaler": scaler.state_dict(), "rng": rng, "data": {"epoch": epoch, "batch": batch_in_epoch},
                  "stage1": stage1_info, "window": list(window), "grid": list(grid)}
-        folder = os.path.join(run_dir, "checkpoints")
-        save_atomic(state, os.path.join(folder, "last.pt"))
-        if t.keep_last > 0:
-            save_atomic(state, os.path.join(folder, f"step_{at_step:07d}.pt"))
-            rotate(folder, t.keep_last)
+        save_run_checkpoint(state, run_dir, at_step, t.keep_last)
 
     def validate(at_step: int) -> dict:
         rng = torch.get_rng_state()

@@ -8,22 +8,19 @@ import time
 from contextlib import nullcontext
 
 import torch
-import torch.nn.functional as F
-from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader
 from torchvision.utils import make_grid
 from tqdm import tqdm
 
-from utils.checkpoint import FORMAT, rotate, save_atomic, unwrap
+from utils.checkpoint import FORMAT, save_run_checkpoint
 from utils.config import Stage1Config, dump_yaml, to_dict
 from utils.data import ResumableSampler, build_datasets
-from utils.distributed import (all_reduce_sum, gather_rng_states, init_distributed, restore_rng_states,
-                               select_device)
+from utils.distributed import all_reduce_sum, gather_rng_states, init_distributed, select_device
 from utils.errors import UserError
 from utils.logging import RunLogger, setup_logging
 from utils.metrics import InceptionFeatures, frechet_distance, mean_cov, psnr, ssim
 from utils.run import (EMA, StopSignal, autocast_context, lr_factor, main_guard, parse_args, prepare_run_dir,
-                       resolve_config)
+                       resolve_config, start_position, wrap_ddp)
 from vqgan.codebook import usage_from_counts
 from vqgan.discriminator import PatchDiscriminator
 from vqgan.losses import LossWeights, discriminator_loss, generator_backward
@@ -95,7 +92,6 @@ def train(argv=None):
     train_loader = DataLoader(train_set, micro, sampler=sampler, drop_last=True, **loader_kw)
     val_sampler = ResumableSampler(len(val_set), 0, dist_info.rank, dist_info.world_size, shuffle=False)
     val_loader = DataLoader(val_set, micro, sampler=val_sampler, **loader_kw)
-    steps_per_epoch = len(sampler) // micro
 
     # ---------------------------------------------------------------- models and losses
     torch.manual_seed(cfg.run.seed)  # identical initialisation on every rank
@@ -109,7 +105,6 @@ def train(argv=None):
     scaler = torch.amp.GradScaler(device.type, enabled=t.precision == "fp16")
     d_scaler = torch.amp.GradScaler(device.type, enabled=t.precision == "fp16")
     ema = EMA(model, t.ema_decay) if t.ema_decay > 0 else None
-    step, epoch, batch_in_epoch = 0, 0, 0
     if ckpt is not None:
         model.load_state_dict(ckpt["model"], strict=True)
         disc.load_state_dict(ckpt["disc"], strict=True)
@@ -119,19 +114,15 @@ def train(argv=None):
         d_scaler.load_state_dict(ckpt["disc_scaler"])
         if ema is not None:
             ema.load_state_dict(ckpt["ema"] if ckpt.get("ema") is not None else ckpt["model"])
-        step, epoch, batch_in_epoch = ckpt["step"], ckpt["data"]["epoch"], ckpt["data"]["batch"]
-        restore_rng_states(ckpt["rng"], dist_info.rank, device)
-        del ckpt
-    else:
-        torch.manual_seed(cfg.run.seed + dist_info.rank)
+    step, epoch, batch_in_epoch = start_position(ckpt, cfg.run.seed, dist_info.rank, device)
+    del ckpt
     if dist_info.is_main:
         dump_yaml(cfg, os.path.join(run_dir, "config.yaml"))
     fwd_model = torch.compile(model) if t.compile else model
     if dist_info.enabled:
         # the codebook keeps its own counters in sync (step_update), so buffers are not broadcast
-        fwd_model = DDP(fwd_model, device_ids=[device.index] if device.type == "cuda" else None,
-                        broadcast_buffers=False)
-        d_train = DDP(disc, device_ids=[device.index] if device.type == "cuda" else None)
+        fwd_model = wrap_ddp(fwd_model, device, broadcast_buffers=False)
+        d_train = wrap_ddp(disc, device)
     else:
         d_train = disc
     ctx = autocast_context(device, t.precision)
@@ -152,11 +143,7 @@ def train(argv=None):
                  "disc_optimizer": d_opt.state_dict(), "scaler": scaler.state_dict(),
                  "disc_scaler": d_scaler.state_dict(), "ema": ema.state_dict() if ema else None,
                  "rng": rng, "data": {"epoch": epoch, "batch": batch_in_epoch}}
-        folder = os.path.join(run_dir, "checkpoints")
-        save_atomic(state, os.path.join(folder, "last.pt"))
-        if t.keep_last > 0:
-            save_atomic(state, os.path.join(folder, f"step_{final_step:07d}.pt"))
-            rotate(folder, t.keep_last)
+        save_run_checkpoint(state, run_dir, final_step, t.keep_last)
 
     def validate(at_step: int) -> dict:
         rng = torch.get_rng_state()  # evaluation must not move the training RNG

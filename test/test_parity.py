@@ -123,7 +123,7 @@ def _lpips_pair():
     ref = lpips.LPIPS(net="vgg", pretrained=True, pnet_rand=True, verbose=False).eval()
     ours = LPIPS(vgg_weights="random").eval()
     rc = [m for m in ref.net.modules() if isinstance(m, nn.Conv2d)]
-    oc = [m for m in ours.features if isinstance(m, nn.Conv2d)]
+    oc = [m for m in ours.features_net if isinstance(m, nn.Conv2d)]
     assert len(rc) == len(oc) == 13
     with torch.no_grad():
         for a, b in zip(rc, oc):
@@ -153,9 +153,9 @@ def test_lpips_gradient_and_fp16_safe_normalisation():
     torch.manual_seed(0)
     ours = LPIPS(vgg_weights="random")
     with torch.no_grad():  # a ReLU net is homogeneous: every activation grows 300x, within fp16's range,
-        ours.features[0].weight.mul_(300.0)  # but their sums of squares overflow it (max 65504)
-        ours.features[0].bias.mul_(300.0)
-    big = ours.features[:4](torch.rand(1, 3, 32, 32))
+        ours.features_net[0].weight.mul_(300.0)  # but their sums of squares overflow it (max 65504)
+        ours.features_net[0].bias.mul_(300.0)
+    big = ours.features_net[:4](torch.rand(1, 3, 32, 32))
     assert big.abs().max() < 6e4 and big.pow(2).sum(1).max() > 65504
     x = (torch.rand(2, 3, 32, 32) * 2 - 1).requires_grad_()
     y = torch.rand(2, 3, 32, 32) * 2 - 1
@@ -185,11 +185,11 @@ def test_lpips_offline_message(monkeypatch):
 
 def test_lpips_local_vgg_file(tmp_path):
     src = LPIPS(vgg_weights="random")
-    sd = {f"features.{k}": v for k, v in src.features.state_dict().items()}
+    sd = {f"features.{k}": v for k, v in src.features_net.state_dict().items()}
     sd["classifier.0.weight"] = torch.zeros(2, 2)  # a full torchvision VGG16 state dict also has the classifier
     torch.save(sd, tmp_path / "vgg16.pth")
     loaded = LPIPS(vgg_weights=str(tmp_path / "vgg16.pth"))
-    for a, b in zip(src.features.state_dict().values(), loaded.features.state_dict().values()):
+    for a, b in zip(src.features_net.state_dict().values(), loaded.features_net.state_dict().values()):
         assert torch.equal(a, b)
     with pytest.raises(UserError, match="no file at"):
         LPIPS(vgg_weights=str(tmp_path / "missing.pth"))

@@ -184,7 +184,7 @@ def test_lpips_offline_stops_before_step_one(tmp_path, monkeypatch):
 def test_lpips_and_rfid_paths(tmp_path, monkeypatch):
     """The perceptual loss with a local backbone file trains and is reported; rFID offline is a clear error."""
     from vqgan.lpips import LPIPS
-    sd = {f"features.{k}": v for k, v in LPIPS("random").features.state_dict().items()}
+    sd = {f"features.{k}": v for k, v in LPIPS("random").features_net.state_dict().items()}
     torch.save(sd, tmp_path / "vgg.pth")
     d = train(tmp_path, "lp", "loss.perceptual_weight=1.0", f"loss.lpips_vgg_weights={tmp_path}/vgg.pth",
               "train.max_steps=4", "train.precision=bf16")

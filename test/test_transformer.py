@@ -275,8 +275,10 @@ def test_exact_resume_stage2(tmp_path, stage1):
 def test_stage2_config_errors(tmp_path, stage1):
     with pytest.raises(UserError, match=r"model.window=\[9, 8\] is larger than the 8x8 token grid"):
         stage2(tmp_path, stage1, "w", "model.window=[9,8]")
-    with pytest.raises(UserError, match="data.image_size=32 but the stage-1 model was trained with 16"):
-        stage2(tmp_path, stage1, "i", "data.image_size=32")
+    with pytest.raises(UserError, match="data.image_size=15 is not a multiple of the stage-1 downsampling factor 2"):
+        stage2(tmp_path, stage1, "i", "data.image_size=15")
+    with pytest.raises(UserError, match="data.channels=1 but the stage-1 model takes 3"):
+        stage2(tmp_path, stage1, "c", "data.channels=1")
     with pytest.raises(UserError, match="model.n_embd=30 is not divisible by model.n_head=4"):
         stage2(tmp_path, stage1, "e", "model.n_embd=30", "model.n_head=4")
     with pytest.raises(UserError, match="no checkpoint at"):
@@ -294,3 +296,14 @@ def test_ddp_two_processes_stage2(tmp_path, stage1):
                        capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert r.returncode == 0, r.stderr[-1500:]
     assert load(f"{tmp_path}/ddp/checkpoints/last.pt")["step"] == 6
+
+
+def test_larger_images_give_larger_grids_and_window_crops(tmp_path, stage1):
+    """The paper's high-resolution setup: encode images larger than stage 1 saw, train on windows."""
+    d = stage2(tmp_path, stage1, "hr", "data.image_size=32", "model.window=[8,8]", "train.max_steps=2")
+    ck = load(f"{d}/checkpoints/last.pt")
+    assert ck["grid"] == [16, 16] and ck["window"] == [8, 8] and ck["gpt_config"]["block_size"] == 64
+    r = run_script("generate.py", "--checkpoint", f"{d}/checkpoints/last.pt", "--num", "1", "--grid", "16x16",
+                   "--out", str(tmp_path / "hr.png"))
+    assert r.returncode == 0, r.stderr
+    assert Image.open(tmp_path / "hr.png").size == (32, 32)

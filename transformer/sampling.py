@@ -7,7 +7,6 @@ window moves, so with grid == window it performs exactly the computation of `sam
 from typing import Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 
 from transformer.gpt import GPT, KVCache
 

@@ -28,22 +28,20 @@ def save_atomic(obj: dict, path: str) -> None:
         raise
 
 
+def save_run_checkpoint(state: dict, run_dir: str, step: int, keep_last: int) -> None:
+    """checkpoints/last.pt, plus step_XXXXXXX.pt copies of which the newest `keep_last` are kept."""
+    folder = os.path.join(run_dir, "checkpoints")
+    save_atomic(state, os.path.join(folder, "last.pt"))
+    if keep_last > 0:
+        save_atomic(state, os.path.join(folder, f"step_{step:07d}.pt"))
+        rotate(folder, keep_last)
+
+
 def rotate(folder: str, keep: int) -> None:
     """Keep the `keep` newest step_XXXXXXX.pt files in `folder` (last.pt is never touched)."""
     steps = sorted(glob.glob(os.path.join(folder, "step_*.pt")))
     for old in steps[:max(0, len(steps) - keep)]:
         os.remove(old)
-
-
-def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The plain module under DDP and torch.compile wrappers, so state-dict keys carry no prefixes."""
-    while True:
-        if hasattr(model, "module"):  # DistributedDataParallel
-            model = model.module
-        elif hasattr(model, "_orig_mod"):  # torch.compile
-            model = model._orig_mod
-        else:
-            return model
 
 
 def load_checkpoint_file(path: str, kind: str, map_location="cpu") -> dict:

@@ -271,8 +271,9 @@ class FolderDataset(Dataset):
 
 # ----------------------------------------------------------------------------- entry point and sampler
 
-def build_datasets(data, seed: int):
-    """(train, val) datasets for a DataConfig-like object `data`."""
+def build_datasets(data, seed: int, augment: bool = True):
+    """(train, val) datasets for a DataConfig-like object `data`; augment=False gives the training
+    split without random crops or flips (stage 2 encodes it once)."""
     kind, size, ch = data.dataset, data.image_size, data.channels
     if kind == "shapes":
         if size < 8:
@@ -285,7 +286,7 @@ def build_datasets(data, seed: int):
         return tuple(ArrayDataset(*load_idx_split(kind, data.root, split, data.download), size, ch)
                      for split in ("train", "val"))
     if kind == "cifar10":
-        tr = ArrayDataset(*load_cifar10_split(data.root, "train", data.download), size, ch, flip=True, seed=seed,
+        tr = ArrayDataset(*load_cifar10_split(data.root, "train", data.download), size, ch, flip=augment, seed=seed,
                           class_names=CIFAR_CLASSES)
         va = ArrayDataset(*load_cifar10_split(data.root, "val", data.download), size, ch, class_names=CIFAR_CLASSES)
         return tr, va
@@ -302,7 +303,7 @@ def build_datasets(data, seed: int):
                                 "add images or set data.val_root")
             val_files = [files[i] for i in sorted(order[:n_val])]
             files = [files[i] for i in sorted(order[n_val:])]
-        return FolderDataset(files, size, ch, True, seed), FolderDataset(val_files, size, ch, False, seed)
+        return FolderDataset(files, size, ch, augment, seed), FolderDataset(val_files, size, ch, False, seed)
     raise UserError(f"unknown data.dataset '{kind}'")
 
 

@@ -129,3 +129,19 @@ def main_guard(fn, argv=None) -> None:
         cleanup()
         sys.exit(2)
     cleanup()
+
+
+def start_position(ckpt, seed: int, rank: int, device) -> tuple[int, int, int]:
+    """(step, epoch, batch in epoch) to start from, with the RNG restored from `ckpt` (every rank its
+    own state), or seeded per rank for a fresh run."""
+    from utils.distributed import restore_rng_states
+    if ckpt is None:
+        torch.manual_seed(seed + rank)
+        return 0, 0, 0
+    restore_rng_states(ckpt["rng"], rank, device)
+    return ckpt["step"], ckpt["data"]["epoch"], ckpt["data"]["batch"]
+
+
+def wrap_ddp(module: torch.nn.Module, device, **kw) -> torch.nn.Module:
+    from torch.nn.parallel import DistributedDataParallel as DDP
+    return DDP(module, device_ids=[device.index] if device.type == "cuda" else None, **kw)

@@ -1,0 +1,136 @@
+"""Render a run's figures to PNG: reconstructions and codebook usage (stage 1), samples (stage 2).
+
+    python -m utils.visualize RUN_DIR [--out DIR] [--num N] [--seed S]
+
+A stage-1 run folder gives recon.png (val inputs above their reconstructions) and codebook_usage.png
+(codes sorted by how often the val set uses them); a stage-2 run folder gives samples.png (one row
+per class for class-conditional models), sliding.png (a grid twice the trained window each way)
+and completions.png (val images above their bottom-half completions). Default --out: RUN_DIR/figures.
+"""
+import argparse
+import math
+import os
+import sys
+
+import torch
+from PIL import Image, ImageDraw
+from torchvision.utils import make_grid, save_image
+
+from utils.config import Stage1Config, load_config
+from utils.data import build_datasets
+from utils.errors import UserError
+
+
+def usage_histogram(counts: torch.Tensor, path: str, title: str, width: int = 640, height: int = 240) -> None:
+    """A bar per code, sorted by frequency (most used left), heights on a log scale; unused codes in red."""
+    counts = counts.double().sort(descending=True).values
+    K = len(counts)
+    img = Image.new("RGB", (width, height), "white")
+    d = ImageDraw.Draw(img)
+    left, bottom, top = 40, height - 30, 30
+    top_val = math.log10(max(1.0, counts[0].item()) + 1)
+    for i, c in enumerate(counts.tolist()):
+        x0 = left + (width - left - 10) * i / K
+        x1 = left + (width - left - 10) * (i + 1) / K
+        if c == 0:
+            d.rectangle([x0, bottom - 3, max(x0, x1 - 0.5), bottom], fill=(220, 40, 40))
+            continue
+        h = (bottom - top) * math.log10(c + 1) / top_val
+        d.rectangle([x0, bottom - h, max(x0, x1 - 0.5), bottom], fill=(40, 90, 200))
+    d.line([left, bottom, width - 10, bottom], fill="black")
+    d.line([left, top, left, bottom], fill="black")
+    used = int((counts > 0).sum())
+    p = counts / counts.sum()
+    ppl = math.exp(-(p[p > 0] * p[p > 0].log()).sum().item())
+    d.text((left, 8), f"{title}: {used}/{K} codes used ({100 * used / K:.1f}%), perplexity {ppl:.0f}", fill="black")
+    d.text((left, bottom + 8), "codes, most used first (bar height: log count)", fill="black")
+    d.text((4, top), f"{int(counts[0])}", fill="black")
+    img.save(path)
+
+
+@torch.no_grad()
+def stage1_figures(run_dir: str, ckpt_path: str, out: str, num: int) -> list[str]:
+    from vqgan.model import VQGAN
+    cfg = load_config(Stage1Config, os.path.join(run_dir, "config.yaml"))
+    vq = VQGAN.from_checkpoint(ckpt_path)
+    _, val = build_datasets(cfg.data, cfg.run.seed)
+    xs = torch.stack([val[i][0] for i in range(min(num, len(val)))])
+    rec = vq.decode_indices(vq.encode_to_indices(xs)).clamp(-1, 1)
+    n = len(xs)
+    paths = [os.path.join(out, "recon.png"), os.path.join(out, "codebook_usage.png")]
+    save_image(make_grid(torch.cat([xs, rec]).add(1).div(2), nrow=n, padding=1, pad_value=1.0), paths[0])
+    counts = torch.zeros(vq.codebook.codebook_size)
+    for s in range(0, len(val), 128):
+        x = torch.stack([val[i][0] for i in range(s, min(len(val), s + 128))])
+        counts += torch.bincount(vq.encode_to_indices(x).flatten(), minlength=len(counts)).float()
+    usage_histogram(counts, paths[1], f"{cfg.data.dataset} val")
+    return paths
+
+
+@torch.no_grad()
+def stage2_figures(ckpt_path: str, out: str, num: int, seed: int) -> list[str]:
+    from generate import load_models
+    from train_transformer import sample_images
+    from utils.config import SampleConfig, Stage2Config
+    gpt, vq, ckpt = load_models(ckpt_path, torch.device("cpu"))
+    scfg = SampleConfig(**ckpt["config"]["sample"])
+    window, grid = tuple(ckpt["window"]), tuple(ckpt["grid"])
+    nc = gpt.cfg.num_classes
+    paths = [os.path.join(out, "samples.png"), os.path.join(out, "sliding.png"), os.path.join(out, "completions.png")]
+    if nc:  # one row per class
+        per = max(1, num // nc) if num >= nc else 1
+        labels = torch.arange(nc).repeat_interleave(per)
+        imgs = sample_images(gpt, vq, window, window, len(labels), scfg, seed, "cpu", labels=labels)
+        save_image(make_grid(imgs, nrow=per, padding=1, pad_value=1.0), paths[0])
+    else:
+        imgs = sample_images(gpt, vq, window, window, num, scfg, seed, "cpu")
+        save_image(make_grid(imgs, nrow=math.ceil(math.sqrt(num)), padding=1, pad_value=1.0), paths[0])
+    big = (2 * window[0], 2 * window[1])
+    k = min(4, num)
+    labels = torch.arange(k) % nc if nc else None
+    imgs = sample_images(gpt, vq, big, window, k, scfg, seed, "cpu", labels=labels)
+    save_image(make_grid(imgs, nrow=k, padding=2, pad_value=1.0), paths[1])
+    cfg = load_config(Stage2Config, base=ckpt["config"])
+    from transformer.tokens import cache_path, dataset_key
+    val_cache = cache_path(os.path.join(cfg.run.out_dir, "cache"), ckpt["stage1"]["sha256"],
+                           dataset_key(cfg.data, cfg.run.seed), "val")
+    if os.path.isfile(val_cache) and grid == window:
+        c = torch.load(val_cache, weights_only=True)
+        k = min(num, len(c["tokens"]))
+        done = sample_images(gpt, vq, grid, window, k, scfg, seed, "cpu", tokens=c["tokens"], labels=c["labels"])
+        real = (vq.decode_indices(c["tokens"][:k].long()).clamp(-1, 1) + 1) / 2
+        save_image(make_grid(torch.cat([real, done]), nrow=k, padding=1, pad_value=1.0), paths[2])
+    else:
+        paths.pop()
+    return paths
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("run_dir")
+    p.add_argument("--out", default=None)
+    p.add_argument("--num", type=int, default=10, help="images per figure")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    try:
+        ckpt_path = os.path.join(args.run_dir, "checkpoints", "last.pt")
+        if not os.path.isfile(ckpt_path):
+            raise UserError(f"no checkpoint at '{ckpt_path}': give a run folder (runs/<name>)")
+        kind = torch.load(ckpt_path, map_location="cpu", weights_only=True).get("kind")
+        out = args.out or os.path.join(args.run_dir, "figures")
+        os.makedirs(out, exist_ok=True)
+        if kind == "vqgan":
+            paths = stage1_figures(args.run_dir, ckpt_path, out, args.num)
+        elif kind == "transformer":
+            paths = stage2_figures(ckpt_path, out, args.num, args.seed)
+        else:
+            raise UserError(f"'{ckpt_path}' is not a checkpoint of this project")
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    for path in paths:
+        print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
