@@ -76,9 +76,14 @@ def official_stage1(arch: dict, device):
     from taming.modules.losses.vqperceptual import VQLPIPSWithDiscriminator
     from taming.modules.vqvae.quantize import VectorQuantizer2
 
-    from vqgan.lpips import lpips_head_weights_path
+    import types
+
     import torchvision
-    tl.models.vgg16 = lambda pretrained=False, **k: torchvision.models.vgg16(weights=None)
+
+    from vqgan.lpips import lpips_head_weights_path
+    vgg16 = torchvision.models.vgg16
+    # only the official module's view of torchvision is replaced, so nothing else is affected
+    tl.models = types.SimpleNamespace(vgg16=lambda pretrained=False, **k: vgg16(weights=None))
 
     def load_heads(self, name="vgg_lpips"):
         self.load_state_dict(torch.load(lpips_head_weights_path(), map_location="cpu", weights_only=True),
@@ -86,12 +91,12 @@ def official_stage1(arch: dict, device):
     tl.LPIPS.load_from_pretrained = load_heads
     dd = dict(double_z=False, z_channels=arch["z"], resolution=arch["size"], in_channels=3, out_ch=3, ch=arch["ch"],
               ch_mult=arch["mult"], num_res_blocks=arch["res"], attn_resolutions=arch["attn"], dropout=0.0)
-    ae = nn.ModuleDict({"encoder": Encoder(**dd), "decoder": Decoder(**dd),
-                        "quantize": VectorQuantizer2(arch["K"], arch["D"], beta=0.25),  # legacy, as VQModel
-                        "quant_conv": nn.Conv2d(arch["z"], arch["D"], 1),
-                        "post_quant_conv": nn.Conv2d(arch["D"], arch["z"], 1)}).to(device)
     with warnings.catch_warnings(), contextlib_redirect():
         warnings.simplefilter("ignore")
+        ae = nn.ModuleDict({"encoder": Encoder(**dd), "decoder": Decoder(**dd),
+                            "quantize": VectorQuantizer2(arch["K"], arch["D"], beta=0.25),  # legacy, as VQModel
+                            "quant_conv": nn.Conv2d(arch["z"], arch["D"], 1),
+                            "post_quant_conv": nn.Conv2d(arch["D"], arch["z"], 1)}).to(device)
         loss = VQLPIPSWithDiscriminator(disc_start=arch["disc_start"], disc_num_layers=3, disc_ndf=64).to(device)
     return ae, loss
 
