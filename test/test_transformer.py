@@ -307,3 +307,20 @@ def test_larger_images_give_larger_grids_and_window_crops(tmp_path, stage1):
                    "--out", str(tmp_path / "hr.png"))
     assert r.returncode == 0, r.stderr
     assert Image.open(tmp_path / "hr.png").size == (32, 32)
+
+
+def test_visualize_renders_both_stages(tmp_path, stage1):
+    from utils import visualize
+    d = stage2(tmp_path, stage1, "v", "model.class_conditional=true", "train.max_steps=2")
+    visualize.main([d, "--out", str(tmp_path / "f2"), "--num", "5"])
+    samples = Image.open(tmp_path / "f2" / "samples.png")
+    assert samples.size == (1 + 16 + 1, 1 + 5 * 17)  # one row per class (5), one column, 16x16 images, padding 1
+    assert Image.open(tmp_path / "f2" / "sliding.png").size == (2 + 4 * 34, 2 + 34)  # four 32x32 sliding-window images
+    assert Image.open(tmp_path / "f2" / "completions.png").size == (1 + 5 * 17, 1 + 2 * 17)
+    s1_dir = os.path.dirname(os.path.dirname(stage1))
+    visualize.main([s1_dir, "--out", str(tmp_path / "f1"), "--num", "4"])
+    assert Image.open(tmp_path / "f1" / "recon.png").size == (1 + 4 * 17, 1 + 2 * 17)
+    assert Image.open(tmp_path / "f1" / "codebook_usage.png").size == (640, 240)
+    with pytest.raises(SystemExit) as e:
+        visualize.main([str(tmp_path / "nothing")])
+    assert e.value.code == 2

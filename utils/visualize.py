@@ -1,6 +1,6 @@
 """Render a run's figures to PNG: reconstructions and codebook usage (stage 1), samples (stage 2).
 
-    python -m utils.visualize RUN_DIR [--out DIR] [--num N] [--seed S]
+    python -m utils.visualize RUN_DIR [--out DIR] [--num N] [--seed S] [--scale K]
 
 A stage-1 run folder gives recon.png (val inputs above their reconstructions) and codebook_usage.png
 (codes sorted by how often the val set uses them); a stage-2 run folder gives samples.png (one row
@@ -19,6 +19,14 @@ from torchvision.utils import make_grid, save_image
 from utils.config import Stage1Config, load_config
 from utils.data import build_datasets
 from utils.errors import UserError
+
+
+def save_grid(images: torch.Tensor, path: str, nrow: int, scale: int = 1, padding: int = 1) -> None:
+    """images: (N, C, H, W) in [0, 1] -> a PNG grid on white, enlarged `scale` times (nearest neighbour)."""
+    save_image(make_grid(images, nrow=nrow, padding=padding, pad_value=1.0), path)
+    if scale > 1:
+        im = Image.open(path)
+        im.resize((im.width * scale, im.height * scale), Image.NEAREST).save(path)
 
 
 def usage_histogram(counts: torch.Tensor, path: str, title: str, width: int = 640, height: int = 240) -> None:
@@ -49,7 +57,7 @@ def usage_histogram(counts: torch.Tensor, path: str, title: str, width: int = 64
 
 
 @torch.no_grad()
-def stage1_figures(run_dir: str, ckpt_path: str, out: str, num: int) -> list[str]:
+def stage1_figures(run_dir: str, ckpt_path: str, out: str, num: int, scale: int = 1) -> list[str]:
     from vqgan.model import VQGAN
     cfg = load_config(Stage1Config, os.path.join(run_dir, "config.yaml"))
     vq = VQGAN.from_checkpoint(ckpt_path)
@@ -58,7 +66,7 @@ def stage1_figures(run_dir: str, ckpt_path: str, out: str, num: int) -> list[str
     rec = vq.decode_indices(vq.encode_to_indices(xs)).clamp(-1, 1)
     n = len(xs)
     paths = [os.path.join(out, "recon.png"), os.path.join(out, "codebook_usage.png")]
-    save_image(make_grid(torch.cat([xs, rec]).add(1).div(2), nrow=n, padding=1, pad_value=1.0), paths[0])
+    save_grid(torch.cat([xs, rec]).add(1).div(2), paths[0], nrow=n, scale=scale)
     counts = torch.zeros(vq.codebook.codebook_size)
     for s in range(0, len(val), 128):
         x = torch.stack([val[i][0] for i in range(s, min(len(val), s + 128))])
@@ -68,7 +76,7 @@ def stage1_figures(run_dir: str, ckpt_path: str, out: str, num: int) -> list[str
 
 
 @torch.no_grad()
-def stage2_figures(ckpt_path: str, out: str, num: int, seed: int) -> list[str]:
+def stage2_figures(ckpt_path: str, out: str, num: int, seed: int, scale: int = 1) -> list[str]:
     from generate import load_models
     from train_transformer import sample_images
     from utils.config import SampleConfig, Stage2Config
@@ -81,15 +89,15 @@ def stage2_figures(ckpt_path: str, out: str, num: int, seed: int) -> list[str]:
         per = max(1, num // nc) if num >= nc else 1
         labels = torch.arange(nc).repeat_interleave(per)
         imgs = sample_images(gpt, vq, window, window, len(labels), scfg, seed, "cpu", labels=labels)
-        save_image(make_grid(imgs, nrow=per, padding=1, pad_value=1.0), paths[0])
+        save_grid(imgs, paths[0], nrow=per, scale=scale)
     else:
         imgs = sample_images(gpt, vq, window, window, num, scfg, seed, "cpu")
-        save_image(make_grid(imgs, nrow=math.ceil(math.sqrt(num)), padding=1, pad_value=1.0), paths[0])
+        save_grid(imgs, paths[0], nrow=math.ceil(math.sqrt(num)), scale=scale)
     big = (2 * window[0], 2 * window[1])
     k = min(4, num)
     labels = torch.arange(k) % nc if nc else None
     imgs = sample_images(gpt, vq, big, window, k, scfg, seed, "cpu", labels=labels)
-    save_image(make_grid(imgs, nrow=k, padding=2, pad_value=1.0), paths[1])
+    save_grid(imgs, paths[1], nrow=k, scale=scale, padding=2)
     cfg = load_config(Stage2Config, base=ckpt["config"])
     from transformer.tokens import cache_path, dataset_key
     val_cache = cache_path(os.path.join(cfg.run.out_dir, "cache"), ckpt["stage1"]["sha256"],
@@ -99,7 +107,7 @@ def stage2_figures(ckpt_path: str, out: str, num: int, seed: int) -> list[str]:
         k = min(num, len(c["tokens"]))
         done = sample_images(gpt, vq, grid, window, k, scfg, seed, "cpu", tokens=c["tokens"], labels=c["labels"])
         real = (vq.decode_indices(c["tokens"][:k].long()).clamp(-1, 1) + 1) / 2
-        save_image(make_grid(torch.cat([real, done]), nrow=k, padding=1, pad_value=1.0), paths[2])
+        save_grid(torch.cat([real, done]), paths[2], nrow=k, scale=scale)
     else:
         paths.pop()
     return paths
@@ -111,6 +119,7 @@ def main(argv=None) -> None:
     p.add_argument("--out", default=None)
     p.add_argument("--num", type=int, default=10, help="images per figure")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--scale", type=int, default=1, help="enlarge the image grids this many times (nearest)")
     args = p.parse_args(argv)
     try:
         ckpt_path = os.path.join(args.run_dir, "checkpoints", "last.pt")
@@ -120,9 +129,9 @@ def main(argv=None) -> None:
         out = args.out or os.path.join(args.run_dir, "figures")
         os.makedirs(out, exist_ok=True)
         if kind == "vqgan":
-            paths = stage1_figures(args.run_dir, ckpt_path, out, args.num)
+            paths = stage1_figures(args.run_dir, ckpt_path, out, args.num, args.scale)
         elif kind == "transformer":
-            paths = stage2_figures(ckpt_path, out, args.num, args.seed)
+            paths = stage2_figures(ckpt_path, out, args.num, args.seed, args.scale)
         else:
             raise UserError(f"'{ckpt_path}' is not a checkpoint of this project")
     except UserError as e:
