@@ -16,7 +16,7 @@ import torch
 from torchvision.utils import save_image
 
 from transformer.gpt import GPT
-from transformer.sampling import sample, sliding_window_sample
+from transformer.sampling import sample_grid
 from transformer.tokens import file_sha256
 from utils.checkpoint import load_checkpoint_file
 from utils.config import to_dict
@@ -98,12 +98,9 @@ def generate(argv=None) -> None:
               generator=torch.Generator(device=device).manual_seed(args.seed))
 
     t0 = time.time()
-    if grid == window:
-        tokens = sample(gpt, args.num, classes, use_cache=not args.no_kv_cache, **kw).reshape(args.num, *grid)
-    else:
-        if args.no_kv_cache:
-            raise UserError("--no-kv-cache applies to plain sampling; the sliding window refills its cache itself")
-        tokens = sliding_window_sample(gpt, args.num, grid, window, classes, **kw)
+    if args.no_kv_cache and grid != window:
+        raise UserError("--no-kv-cache applies to plain sampling; the sliding window refills its cache itself")
+    tokens = sample_grid(gpt, args.num, grid, window, classes, use_cache=not args.no_kv_cache, **kw)
     if device.type == "cuda":
         torch.cuda.synchronize()
     elapsed = time.time() - t0

@@ -17,7 +17,7 @@ from torchvision.utils import make_grid
 from tqdm import tqdm
 
 from transformer.gpt import GPT, GPTConfig
-from transformer.sampling import sample, sliding_window_sample
+from transformer.sampling import sample_grid
 from transformer.tokens import cache_path, dataset_key, file_sha256, load_or_encode
 from utils.checkpoint import FORMAT, save_run_checkpoint
 from utils.config import Stage2Config, dump_yaml, to_dict
@@ -109,11 +109,7 @@ def sample_images(gpt, vq, grid, window, n, scfg, seed, device, tokens=None, lab
     start = 0
     if tokens is not None:
         tokens, start = tokens[:n].long().to(device), (grid[0] // 2) * grid[1]
-    if tuple(grid) == tuple(window):
-        flat = None if tokens is None else tokens.reshape(n, -1)
-        out = sample(gpt, n, classes, tokens=flat, start=start, **kw).reshape(n, *grid)
-    else:
-        out = sliding_window_sample(gpt, n, tuple(grid), tuple(window), classes, tokens=tokens, start=start, **kw)
+    out = sample_grid(gpt, n, grid, window, classes, tokens=tokens, start=start, **kw)
     return ((vq.decode_indices(out).float().clamp(-1, 1) + 1) / 2).cpu()
 
 

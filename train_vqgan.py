@@ -167,7 +167,7 @@ def train(argv=None):
     metrics = {}
     bar = tqdm(total=t.max_steps, initial=step, disable=not dist_info.is_main, dynamic_ncols=True, desc="stage 1")
     sampler.set_epoch(epoch, batch_in_epoch * micro)
-    train_set.set_epoch(epoch) if hasattr(train_set, "set_epoch") else None
+    train_set.set_epoch(epoch)
     data_iter = iter(train_loader)
     while step < t.max_steps:
         scale = lr_factor(step, t.warmup_steps, t.max_steps, t.lr_schedule, t.min_lr_ratio)
@@ -182,7 +182,7 @@ def train(argv=None):
             except StopIteration:
                 epoch, batch_in_epoch = epoch + 1, 0
                 sampler.set_epoch(epoch)
-                train_set.set_epoch(epoch) if hasattr(train_set, "set_epoch") else None
+                train_set.set_epoch(epoch)
                 data_iter = iter(train_loader)
                 x, _ = next(data_iter)
             batch_in_epoch += 1

@@ -124,3 +124,17 @@ def sliding_window_sample(gpt: GPT, batch: int, grid: tuple[int, int], window: t
         probs = filter_logits(step.logits(ctx, key=(top, left)), temperature, top_k, top_p)
         out[:, i, j] = torch.multinomial(probs, 1, generator=generator)[:, 0]
     return out
+
+
+def sample_grid(gpt: GPT, batch: int, grid: tuple[int, int], window: tuple[int, int],
+                classes: Optional[Sequence[int]] = None, tokens: Optional[torch.Tensor] = None, start: int = 0,
+                use_cache: bool = True, **kw) -> torch.Tensor:
+    """(B, H, W) tokens: plain sampling when the grid is the trained window, else the sliding window.
+    tokens: an optional (B, H, W) grid whose first `start` raster positions are kept; kw: sampling options."""
+    grid, window = tuple(grid), tuple(window)
+    if grid == window:
+        flat = None if tokens is None else tokens.reshape(batch, -1)
+        return sample(gpt, batch, classes, tokens=flat, start=start, use_cache=use_cache, **kw).reshape(batch, *grid)
+    if not use_cache:
+        raise ValueError("use_cache=False applies to plain sampling; the sliding window refills its cache itself")
+    return sliding_window_sample(gpt, batch, grid, window, classes, tokens=tokens, start=start, **kw)

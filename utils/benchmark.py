@@ -8,6 +8,8 @@ taming-transformers code (`pip install --no-deps taming-transformers-rom1504 ein
 `pip install requests`); without it those baselines are skipped with a note.
 """
 import argparse
+import contextlib
+import io
 import json
 import os
 import statistics
@@ -91,7 +93,7 @@ def official_stage1(arch: dict, device):
     tl.LPIPS.load_from_pretrained = load_heads
     dd = dict(double_z=False, z_channels=arch["z"], resolution=arch["size"], in_channels=3, out_ch=3, ch=arch["ch"],
               ch_mult=arch["mult"], num_res_blocks=arch["res"], attn_resolutions=arch["attn"], dropout=0.0)
-    with warnings.catch_warnings(), contextlib_redirect():
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):  # its prints
         warnings.simplefilter("ignore")
         ae = nn.ModuleDict({"encoder": Encoder(**dd), "decoder": Decoder(**dd),
                             "quantize": VectorQuantizer2(arch["K"], arch["D"], beta=0.25),  # legacy, as VQModel
@@ -99,18 +101,6 @@ def official_stage1(arch: dict, device):
                             "post_quant_conv": nn.Conv2d(arch["D"], arch["z"], 1)}).to(device)
         loss = VQLPIPSWithDiscriminator(disc_start=arch["disc_start"], disc_num_layers=3, disc_ndf=64).to(device)
     return ae, loss
-
-
-class contextlib_redirect:
-    """Silences the official code's prints while it builds."""
-
-    def __enter__(self):
-        self._stdout = sys.stdout
-        sys.stdout = open(os.devnull, "w")
-
-    def __exit__(self, *exc):
-        sys.stdout.close()
-        sys.stdout = self._stdout
 
 
 def official_step_fn(ae, loss, x, global_step, lr=1e-4):

@@ -12,7 +12,7 @@ import warnings
 
 import numpy as np
 import torch
-from PIL import Image, ImageFile
+from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
 from utils.errors import UserError
@@ -335,5 +335,3 @@ class ResumableSampler(Sampler):
     def __len__(self) -> int:
         return self.per_rank - self.start
 
-
-ImageFile.LOAD_TRUNCATED_IMAGES = False

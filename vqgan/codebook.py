@@ -60,13 +60,23 @@ class Codebook(nn.Module):
         """indices: (B, h, w) long -> (B, D, h, w) fp32 code vectors."""
         return F.embedding(indices, self.codes()).permute(0, 3, 1, 2)  # (B, D, h, w)
 
+    def flatten(self, z: torch.Tensor) -> torch.Tensor:
+        """z: (B, D, h, w) -> (B*h*w, D) fp32 vectors as the lookup sees them (unit norm in l2 mode)."""
+        z = z.float().permute(0, 2, 3, 1).reshape(-1, z.shape[1])  # (B*h*w, D)
+        return F.normalize(z, dim=1) if self.l2_norm else z
+
+    @torch.no_grad()
+    def indices(self, z: torch.Tensor) -> torch.Tensor:
+        """z: (B, D, h, w) -> (B, h, w) long index of the nearest code."""
+        with torch.autocast(z.device.type, enabled=False):
+            B, _, h, w = z.shape
+            return self.nearest(self.flatten(z)).reshape(B, h, w)
+
     def forward(self, z: torch.Tensor):
         """z: (B, D, h, w) -> z_q (B, D, h, w) fp32 with straight-through gradient, loss (scalar), indices (B, h, w)."""
         with torch.autocast(z.device.type, enabled=False):
             B, D, h, w = z.shape
-            z = z.float().permute(0, 2, 3, 1).reshape(-1, D)  # (B*h*w, D)
-            if self.l2_norm:
-                z = F.normalize(z, dim=1)
+            z = self.flatten(z)  # (B*h*w, D)
             codes = self.codes()
             indices = self.nearest(z.detach(), codes.detach())
             z_q = F.embedding(indices, codes)  # (B*h*w, D), differentiable w.r.t. the codebook

@@ -63,12 +63,7 @@ class VQGAN(nn.Module):
     @torch.no_grad()
     def encode_to_indices(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, C, H, W) in [-1, 1] -> (B, h, w) long code indices."""
-        z = self.quant_conv(self.encoder(x)).float()  # (B, D, h, w)
-        B, D, h, w = z.shape
-        z = z.permute(0, 2, 3, 1).reshape(-1, D)  # (B*h*w, D)
-        if self.codebook.l2_norm:
-            z = nn.functional.normalize(z, dim=1)
-        return self.codebook.nearest(z).reshape(B, h, w)
+        return self.codebook.indices(self.quant_conv(self.encoder(x)))
 
     def decode_indices(self, indices: torch.Tensor) -> torch.Tensor:
         """indices: (B, h, w) long -> (B, C, H, W) images."""
