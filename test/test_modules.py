@@ -76,6 +76,7 @@ def test_chunked_lookup_matches_full_distance_matrix():
     z = torch.randn(50, 16)
     full = torch.cdist(z, cb.embedding.weight).argmin(1)
     assert torch.equal(cb.nearest(z), full)
+    assert torch.equal(cb.nearest(z[:2]), full[:2])  # fewer rows than one block
 
 
 def test_distances_fp32_under_autocast():

@@ -46,7 +46,7 @@ class AttnBlock(nn.Module):
         h = self.norm(x)
         q, k, v = (conv(h).reshape(B, 1, C, H * W).transpose(2, 3) for conv in (self.q, self.k, self.v))  # (B, 1, HW, C)
         h = F.scaled_dot_product_attention(q, k, v)  # (B, 1, HW, C)
-        h = h.transpose(2, 3).reshape(B, C, H, W)  # (B, C, H, W)
+        h = h.transpose(2, 3).reshape(B, C, H, W).contiguous()  # (B, C, H, W)
         return x + self.proj_out(h)
 
 

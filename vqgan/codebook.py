@@ -49,16 +49,19 @@ class Codebook(nn.Module):
         ||e||^2 - 2 z.e, computed block by block of rows so that memory stays at chunk_elements floats."""
         e = self.codes() if codes is None else codes
         e_sq = e.pow(2).sum(1)  # (K,)
-        out = torch.empty(z_flat.shape[0], dtype=torch.long, device=z_flat.device)
-        rows = max(1, self.chunk_elements // self.codebook_size)
-        for s in range(0, z_flat.shape[0], rows):
-            d = torch.addmm(e_sq, z_flat[s:s + rows], e.t(), alpha=-2.0)  # (rows, K)
-            out[s:s + rows] = d.argmin(1)
+        N = z_flat.shape[0]
+        out = torch.empty(N, dtype=torch.long, device=z_flat.device)
+        rows = min(N, max(1, self.chunk_elements // self.codebook_size))
+        block = torch.empty(rows, self.codebook_size, dtype=e.dtype, device=e.device)  # reused: one allocation
+        for s in range(0, N, rows):
+            n = min(rows, N - s)
+            d = torch.addmm(e_sq, z_flat[s:s + n], e.t(), alpha=-2.0, out=block[:n])  # (n, K)
+            torch.argmin(d, 1, out=out[s:s + n])
         return out
 
     def lookup(self, indices: torch.Tensor) -> torch.Tensor:
         """indices: (B, h, w) long -> (B, D, h, w) fp32 code vectors."""
-        return F.embedding(indices, self.codes()).permute(0, 3, 1, 2)  # (B, D, h, w)
+        return F.embedding(indices, self.codes()).permute(0, 3, 1, 2).contiguous()  # (B, D, h, w)
 
     def flatten(self, z: torch.Tensor) -> torch.Tensor:
         """z: (B, D, h, w) -> (B*h*w, D) fp32 vectors as the lookup sees them (unit norm in l2 mode)."""
@@ -87,7 +90,7 @@ class Codebook(nn.Module):
             if self.training:
                 self._pending_counts += torch.bincount(indices, minlength=self.codebook_size).float()
                 self._last_z = z.detach()
-            z_st = z_st.reshape(B, h, w, D).permute(0, 3, 1, 2)  # (B, D, h, w)
+            z_st = z_st.reshape(B, h, w, D).permute(0, 3, 1, 2).contiguous()  # (B, D, h, w)
         return z_st, loss, indices.reshape(B, h, w)
 
     @torch.no_grad()
