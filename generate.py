@@ -10,7 +10,6 @@ import math
 import os
 import sys
 import time
-import warnings
 
 import torch
 from torchvision.utils import save_image
@@ -54,7 +53,6 @@ def load_models(path: str, device):
     if file_sha256(s1["checkpoint"]) != s1["sha256"]:
         msg = (f"the stage-1 checkpoint '{s1['checkpoint']}' has changed since this transformer was trained "
                "(e.g. stage 1 was resumed): same architecture, other weights, so samples may decode worse")
-        warnings.warn(msg)
         print(f"warning: {msg}", file=sys.stderr)
     return gpt, vq, ckpt
 
