@@ -3,8 +3,8 @@
     python -m utils.benchmark [--json out.json] [--device cpu|cuda] [--quick] [--only stage1_step,sample_kv]
 
 Each benchmark warms up, then alternates candidate and baseline runs and reports medians. `ratio` is
-how many times faster ours is (baseline time / our time). The stage-1 baseline is the official
-taming-transformers code (`pip install --no-deps taming-transformers-rom1504 einops` and
+how many times faster ours is (baseline time / our time). The training-step and lookup baselines are the
+official taming-transformers code (`pip install --no-deps taming-transformers-rom1504 einops` and
 `pip install requests`); without it those baselines are skipped with a note.
 """
 import argparse
@@ -105,8 +105,9 @@ def official_stage1(arch: dict, device):
 
 def official_step_fn(ae, loss, x, global_step, lr=1e-4):
     """What the official Lightning loop does per batch: one training_step per optimizer, each with its
-    own forward pass (the AE forward of the discriminator step builds no graph, as Lightning's
-    optimizer toggling allows at best)."""
+    own forward pass. Lightning's optimizer toggling leaves only the current optimizer's parameters
+    trainable: no discriminator weight gradients in the generator step, no autoencoder graph in the
+    discriminator step."""
     opt_ae = torch.optim.Adam(ae.parameters(), lr=lr, betas=(0.5, 0.9))
     opt_d = torch.optim.Adam(loss.discriminator.parameters(), lr=lr, betas=(0.5, 0.9))
 
@@ -116,11 +117,13 @@ def official_step_fn(ae, loss, x, global_step, lr=1e-4):
         return ae["decoder"](ae["post_quant_conv"](quant)), qloss
 
     def step():
+        loss.discriminator.requires_grad_(False)
         xrec, qloss = forward()
         aeloss, _ = loss(qloss, x, xrec, 0, global_step, last_layer=ae["decoder"].conv_out.weight, split="train")
         opt_ae.zero_grad(set_to_none=True)
         aeloss.backward()
         opt_ae.step()
+        loss.discriminator.requires_grad_(True)
         with torch.no_grad():
             xrec, qloss = forward()
         dloss, _ = loss(qloss, x, xrec, 1, global_step, last_layer=ae["decoder"].conv_out.weight, split="train")
@@ -201,34 +204,74 @@ def bench_stage1(device, quick: bool, gan: bool, ctx) -> dict:
     return r
 
 
+def official_gpt(vocab_size: int, block_size: int, n_layer: int, n_head: int, n_embd: int):
+    """The official minGPT. Its module imports `top_k_top_p_filtering` from `transformers` for sampling
+    helpers the training step never calls (and current `transformers` no longer has); when that import
+    fails, a stand-in module is visible only while the official module is imported."""
+    import types
+    try:
+        from taming.modules.transformer.mingpt import GPT as OfficialGPT
+    except ImportError:
+        saved = sys.modules.get("transformers")
+        sys.modules["transformers"] = types.SimpleNamespace(top_k_top_p_filtering=None)
+        try:
+            from taming.modules.transformer.mingpt import GPT as OfficialGPT
+        finally:
+            if saved is None:
+                del sys.modules["transformers"]
+            else:
+                sys.modules["transformers"] = saved
+    return OfficialGPT(vocab_size=vocab_size, block_size=block_size, n_layer=n_layer, n_head=n_head, n_embd=n_embd,
+                       embd_pdrop=0.0, resid_pdrop=0.0, attn_pdrop=0.0)
+
+
 def bench_stage2(device, quick: bool, ctx) -> dict:
-    """One GPT step on cached tokens vs the same step encoding the images with the frozen VQGAN first."""
+    """Our GPT step on cached tokens vs the official one (Net2NetTransformer's step: the frozen first stage
+    encodes the batch, then minGPT's step), at one architecture for both."""
+    import torch.nn.functional as F
+
     from transformer.gpt import GPT, GPTConfig
-    from vqgan.model import VQGAN, VQGANConfig
     torch.manual_seed(0)
-    vq = VQGAN(VQGANConfig(ch=64, ch_mult=[1, 2, 2], num_res_blocks=2, attn_resolutions=[8], z_channels=64,
-                           codebook_size=1024, codebook_dim=8), 32).to(device).eval().requires_grad_(False)
-    B = 16 if quick else 32
-    gpt = GPT(GPTConfig(codebook_size=1024, block_size=64, num_classes=10, n_layer=4, n_head=4, n_embd=256)).to(device)
+    B, K, C = (16 if quick else 32), 1024, 10
+    L, H, W = 4, 4, 256
+    gpt = GPT(GPTConfig(codebook_size=K, block_size=64, num_classes=C, n_layer=L, n_head=H, n_embd=W)).to(device)
     opt = gpt.configure_optimizer(3e-4, (0.9, 0.95), 0.1)
     x = torch.rand(B, 3, 32, 32, device=device) * 2 - 1
-    labels = torch.randint(0, 10, (B,), device=device)
-    cached = vq.encode_to_indices(x).reshape(B, -1)
+    labels = torch.randint(0, C, (B,), device=device)
+    cached = torch.randint(0, K, (B, 64), device=device)  # what the token cache hands the loop
 
-    def step(tokens):
-        inp = torch.cat([(1024 + labels)[:, None], tokens[:, :-1]], 1)
+    def ours():
+        inp = torch.cat([(K + labels)[:, None], cached[:, :-1]], 1)
         with ctx:
-            _, loss = gpt(inp, tokens)
+            _, loss = gpt(inp, cached)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
+    base, note = None, None
+    if official_available():
+        arch = dict(stage1_arch(False), D=8, disc_start=0)
+        ae, _ = official_stage1(arch, device)
+        ae.eval().requires_grad_(False)
+        ogpt = official_gpt(K + C + 1, 65, L, H, W).to(device)
+        oopt = torch.optim.AdamW(ogpt.parameters(), lr=3e-4, betas=(0.9, 0.95), weight_decay=0.1)
 
-    def encode_then_step():
-        with torch.inference_mode(), ctx:
-            t = vq.encode_to_indices(x).reshape(B, -1)
-        step(t.clone())
-    r = alternate(lambda: step(cached), encode_then_step, device, warmup=2, repeats=5 if quick else 10)
-    r["what"] = f"GPT step (4 x 256, batch {B}, 64 tokens): cached tokens vs encoding images every step"
+        def base():
+            with ctx:
+                with torch.no_grad():  # encode_to_z: encoder, quant_conv, quantizer, every step
+                    _, _, (_, _, idx) = ae["quantize"](ae["quant_conv"](ae["encoder"](x)))
+                idx = idx.reshape(B, -1)
+                logits, _ = ogpt(torch.cat([(K + labels)[:, None], idx[:, :-1]], 1))
+                loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), idx.reshape(-1))
+            loss.backward()
+            oopt.step()
+            oopt.zero_grad(set_to_none=True)
+    else:
+        note = "official taming-transformers not installed: baseline skipped"
+    r = alternate(ours, base, device, warmup=2, repeats=5 if quick else 10)
+    r["what"] = (f"GPT step ({L} x {W}, batch {B}, 64 tokens of a 32x32 image): ours on cached tokens vs the "
+                 f"official minGPT step after encoding the batch with the official first stage")
+    if note:
+        r["note"] = note
     return r
 
 
@@ -272,16 +315,32 @@ else:
     q = VectorQuantizer2(K, D, beta=0.25).eval()
     q.embedding.weight.data.copy_(emb)
 import os
-base = os.sysconf("SC_PAGE_SIZE") * int(open("/proc/self/statm").read().split()[1]) / 1024  # resident now, KiB
+def hwm():  # peak resident size of this process's memory, KiB
+    try:
+        return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:"))
+    except OSError:  # no /proc (macOS: ru_maxrss in bytes)
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1024 if sys.platform == "darwin" else 1)
+try:  # resident now, KiB
+    base = os.sysconf("SC_PAGE_SIZE") * int(open("/proc/self/statm").read().split()[1]) / 1024
+except OSError:
+    base = hwm()
 with torch.no_grad():
     q(z)
     ts = []
     for _ in range(int(sys.argv[5])):
         t = time.perf_counter(); q(z); ts.append((time.perf_counter() - t) * 1000)
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+# VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent across fork and exec, so it would
+# report the benchmark process's own footprint whenever that is larger than the child's
+peak = hwm()
 ts.sort()
 print(ts[len(ts) // 2], max(0.0, peak - base) / 1024.0)
 """
+
+
+# glibc moves its mmap threshold up as large blocks are freed, after which freed blocks stay resident in
+# per-thread heaps depending on which thread freed them: the resident peak then varies from run to run.
+# A fixed threshold serves every large tensor from its own mapping, returned when freed, on both sides.
+_MALLOC_ENV = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
 
 
 def bench_codebook(device, quick: bool) -> dict:
@@ -308,7 +367,7 @@ def bench_codebook(device, quick: bool) -> dict:
         res = {}
         for side in ("ours", "base") if official_available() else ("ours",):
             out = subprocess.run([sys.executable, "-c", _LOOKUP_CHILD, side, str(N), str(K), str(D), str(reps)],
-                                 capture_output=True, text=True, check=True,
+                                 capture_output=True, text=True, check=True, env=_MALLOC_ENV,
                                  cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
             ms, mb = out.stdout.split()
             res[side] = (float(ms), float(mb))
