@@ -69,14 +69,26 @@ def official_available() -> bool:
         return False
 
 
-def official_stage1(arch: dict, device):
-    """The official encoder/decoder/quantizer and VQLPIPSWithDiscriminator. Its LPIPS downloads weights in
-    __init__: the VGG16 is built randomly initialised instead, and the linear heads are loaded from the
-    `lpips` package's vgg.pth (the same file the official code downloads)."""
-    import taming.modules.losses.lpips as tl
+def official_autoencoder(arch: dict, device) -> nn.ModuleDict:
+    """The official encoder, decoder, quantizer and 1x1 convs of VQModel, at `arch`."""
     from taming.modules.diffusionmodules.model import Decoder, Encoder
-    from taming.modules.losses.vqperceptual import VQLPIPSWithDiscriminator
     from taming.modules.vqvae.quantize import VectorQuantizer2
+    dd = dict(double_z=False, z_channels=arch["z"], resolution=arch["size"], in_channels=3, out_ch=3, ch=arch["ch"],
+              ch_mult=arch["mult"], num_res_blocks=arch["res"], attn_resolutions=arch["attn"], dropout=0.0)
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):  # its prints
+        warnings.simplefilter("ignore")
+        return nn.ModuleDict({"encoder": Encoder(**dd), "decoder": Decoder(**dd),
+                              "quantize": VectorQuantizer2(arch["K"], arch["D"], beta=0.25),  # legacy, as VQModel
+                              "quant_conv": nn.Conv2d(arch["z"], arch["D"], 1),
+                              "post_quant_conv": nn.Conv2d(arch["D"], arch["z"], 1)}).to(device)
+
+
+def official_stage1(arch: dict, device):
+    """The official autoencoder and VQLPIPSWithDiscriminator. Its LPIPS downloads weights in __init__: the
+    VGG16 is built randomly initialised instead, and the linear heads are loaded from the `lpips`
+    package's vgg.pth (the same file the official code downloads)."""
+    import taming.modules.losses.lpips as tl
+    from taming.modules.losses.vqperceptual import VQLPIPSWithDiscriminator
 
     import types
 
@@ -91,14 +103,9 @@ def official_stage1(arch: dict, device):
         self.load_state_dict(torch.load(lpips_head_weights_path(), map_location="cpu", weights_only=True),
                              strict=False)
     tl.LPIPS.load_from_pretrained = load_heads
-    dd = dict(double_z=False, z_channels=arch["z"], resolution=arch["size"], in_channels=3, out_ch=3, ch=arch["ch"],
-              ch_mult=arch["mult"], num_res_blocks=arch["res"], attn_resolutions=arch["attn"], dropout=0.0)
+    ae = official_autoencoder(arch, device)
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):  # its prints
         warnings.simplefilter("ignore")
-        ae = nn.ModuleDict({"encoder": Encoder(**dd), "decoder": Decoder(**dd),
-                            "quantize": VectorQuantizer2(arch["K"], arch["D"], beta=0.25),  # legacy, as VQModel
-                            "quant_conv": nn.Conv2d(arch["z"], arch["D"], 1),
-                            "post_quant_conv": nn.Conv2d(arch["D"], arch["z"], 1)}).to(device)
         loss = VQLPIPSWithDiscriminator(disc_start=arch["disc_start"], disc_num_layers=3, disc_ndf=64).to(device)
     return ae, loss
 
@@ -249,13 +256,11 @@ def bench_stage2(device, quick: bool, ctx) -> dict:
         opt.zero_grad(set_to_none=True)
     base, note = None, None
     if official_available():
-        arch = dict(stage1_arch(False), D=8, disc_start=0)
-        ae, _ = official_stage1(arch, device)
-        ae.eval().requires_grad_(False)
+        ae = official_autoencoder(dict(stage1_arch(False), D=8), device).eval().requires_grad_(False)
         ogpt = official_gpt(K + C + 1, 65, L, H, W).to(device)
         oopt = torch.optim.AdamW(ogpt.parameters(), lr=3e-4, betas=(0.9, 0.95), weight_decay=0.1)
 
-        def base():
+        def official():
             with ctx:
                 with torch.no_grad():  # encode_to_z: encoder, quant_conv, quantizer, every step
                     _, _, (_, _, idx) = ae["quantize"](ae["quant_conv"](ae["encoder"](x)))
@@ -265,6 +270,7 @@ def bench_stage2(device, quick: bool, ctx) -> dict:
             loss.backward()
             oopt.step()
             oopt.zero_grad(set_to_none=True)
+        base = official
     else:
         note = "official taming-transformers not installed: baseline skipped"
     r = alternate(ours, base, device, warmup=2, repeats=5 if quick else 10)
