@@ -11,8 +11,8 @@ import torch
 from PIL import Image
 
 from utils.config import DataConfig
-from utils.data import (SHAPE_CLASSES, ArrayDataset, ResumableSampler, build_datasets, fit_size, read_idx,
-                        render_shapes)
+from utils.data import (SHAPE_CLASSES, SHAPE_PALETTE, ArrayDataset, ResumableSampler, build_datasets, fit_size,
+                        read_idx, render_shapes)
 from utils.errors import UserError
 
 FASHION = "/usr/share/datasets/fashion-mnist"
@@ -39,9 +39,16 @@ def test_shapes_deterministic_and_labelled():
     assert np.array_equal(a, b) and np.array_equal(la, lb) and not np.array_equal(a, c)
     assert a.shape == (50, 32, 32, 3) and a.dtype == np.uint8
     assert set(la.tolist()) == set(range(len(SHAPE_CLASSES))) and len(SHAPE_CLASSES) >= 4
-    # sharp edges: every image has exactly a background and a shape colour along one row crossing the shape,
-    # and images vary in colour
-    assert len({tuple(img[16, 16]) for img in a}) > 40
+    # on a solid background an image has exactly two palette colours (hard edges), far apart, and the shape
+    # covers at least three 4x4 patches: large enough to stay recognisable on an 8x8 token grid
+    solid = 0
+    for img in a:
+        colours, counts = np.unique(img.reshape(-1, 3), axis=0, return_counts=True)
+        if len(colours) == 2:
+            solid += 1
+            assert all((SHAPE_PALETTE == c).all(1).any() for c in colours)
+            assert np.abs(colours[0].astype(int) - colours[1]).sum() > 120 and counts.min() >= 48
+    assert 10 < solid < 40  # about half the backgrounds are gradients
     tr, va = build_datasets(cfg(num_train=20, num_val=6), seed=0)
     x, y = tr[0]
     assert x.shape == (3, 32, 32) and x.min() >= -1 and x.max() <= 1 and y.dtype == torch.long

@@ -18,7 +18,13 @@ from torch.utils.data import Dataset, Sampler
 from utils.errors import UserError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm")
-SHAPE_CLASSES = ("circle", "square", "triangle", "hexagon", "cross")
+# Five shapes that stay distinct after 4x downsampling at 32x32: a hexagon, for one, differs from a circle by
+# about one pixel at this size and reconstructs as one, so the set has a ring instead.
+SHAPE_CLASSES = ("circle", "square", "triangle", "ring", "cross")
+# Ten named colours for shapes and backgrounds: few enough that the codes of a small codebook go to geometry rather
+# than to shades, distinct enough that every shape stands out from its background.
+SHAPE_PALETTE = np.array([(230, 40, 40), (245, 150, 30), (240, 220, 40), (50, 180, 70), (40, 200, 220),
+                          (40, 80, 220), (150, 60, 200), (240, 120, 190), (245, 245, 245), (30, 30, 40)], np.float32)
 
 
 def to_tensor(img: np.ndarray, channels: int) -> torch.Tensor:
@@ -48,27 +54,28 @@ def fit_size(img: np.ndarray, size: int) -> np.ndarray:
 # ----------------------------------------------------------------------------- shapes
 
 def render_shapes(n: int, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """n RGB images (n, size, size, 3) uint8 of one coloured shape each on a solid or gradient background,
-    with hard (aliased) edges, random size, position, rotation and colours; labels index SHAPE_CLASSES."""
+    """n RGB images (n, size, size, 3) uint8 of one shape each in a palette colour on a solid or gradient background,
+    with hard (aliased) edges, random size, position, quarter-turn and colours; labels index SHAPE_CLASSES."""
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
     images = np.empty((n, size, size, 3), np.uint8)
     labels = rng.integers(0, len(SHAPE_CLASSES), n)
     for i in range(n):
-        c0, c1 = rng.integers(0, 256, 3), rng.integers(0, 256, 3)
+        i0, i1 = rng.choice(len(SHAPE_PALETTE), 2, replace=False)
+        c0, c1 = SHAPE_PALETTE[i0], SHAPE_PALETTE[i1]
         if rng.random() < 0.5:  # linear gradient in a random direction
             a = rng.uniform(0, 2 * np.pi)
             t = ((xx * np.cos(a) + yy * np.sin(a)) / size * 0.7 + 0.5).clip(0, 1)[..., None]
             bg = c0 * (1 - t) + c1 * t
         else:
-            bg = np.broadcast_to(c0, (size, size, 3)).astype(np.float32)
-        while True:  # a shape colour that stands out from the background's mean
-            fg = rng.integers(0, 256, 3)
-            if np.abs(fg - bg.reshape(-1, 3).mean(0)).sum() > 120:
-                break
-        r = rng.uniform(0.18, 0.42) * size
-        cx, cy = rng.uniform(r * 0.8, size - r * 0.8, 2)
-        rot = rng.uniform(0, 2 * np.pi)
+            bg = np.broadcast_to(c0, (size, size, 3))
+        mean = bg.reshape(-1, 3).mean(0)  # a shape colour that stands out from the whole background
+        contrast = np.abs(SHAPE_PALETTE - mean).sum(1) > 120
+        contrast[[i0, i1]] = False  # nor equal to either end of a gradient
+        fg = SHAPE_PALETTE[rng.choice(np.flatnonzero(contrast))]
+        r = rng.uniform(0.25, 0.45) * size  # circumradius: even the smallest shape spans about 4 tokens at f=4
+        cx, cy = rng.uniform(r, size - r, 2)
+        rot = rng.integers(4) * np.pi / 2  # quarter turns: edges stay aligned with the 4x4 token patches
         dx, dy = xx - cx, yy - cy
         u, v = dx * np.cos(rot) + dy * np.sin(rot), -dx * np.sin(rot) + dy * np.cos(rot)
         kind = SHAPE_CLASSES[labels[i]]
@@ -79,10 +86,12 @@ def render_shapes(n: int, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]
         elif kind == "cross":
             w = r * 0.3
             mask = ((np.abs(u) <= w) & (np.abs(v) <= r)) | ((np.abs(v) <= w) & (np.abs(u) <= r))
-        else:  # regular polygon with circumradius r: rho * cos(phi mod (2pi/k) - pi/k) <= r cos(pi/k)
-            k = 3 if kind == "triangle" else 6
-            phi = np.mod(np.arctan2(v, u), 2 * np.pi / k) - np.pi / k
-            mask = np.hypot(u, v) * np.cos(phi) <= r * np.cos(np.pi / k)
+        elif kind == "ring":
+            rho = np.hypot(dx, dy)
+            mask = (rho <= r) & (rho >= r * 0.5)
+        else:  # triangle with circumradius 1.2 r (about the area of the square): rho cos(phi mod 2pi/3 - pi/3) <= R/2
+            phi = np.mod(np.arctan2(v, u), 2 * np.pi / 3) - np.pi / 3
+            mask = np.hypot(u, v) * np.cos(phi) <= 1.2 * r * np.cos(np.pi / 3)
         img = np.where(mask[..., None], fg, bg)
         images[i] = img.clip(0, 255).astype(np.uint8)
     return images, labels
