@@ -51,6 +51,21 @@ def test_kv_cache_matches_full_forward():
     assert cache.length == 12
 
 
+def test_cpu_bf16_attention_is_causal_and_close_to_fp32():
+    """Under CPU bf16 autocast the attention takes the matmul + softmax path: still causal, and the same logits
+    as the fp32 fused kernel up to bf16 rounding."""
+    g = tiny_gpt()
+    seq = torch.randint(0, 10, (2, 12))
+    other = seq.clone()
+    other[:, 7:] = (other[:, 7:] + 1) % 10
+    with torch.no_grad():
+        ref = g(seq)
+        with torch.autocast("cpu", torch.bfloat16):
+            a, b = g(seq).float(), g(other).float()
+    assert torch.equal(a[:, :7], b[:, :7]) and not torch.equal(a[:, 7:], b[:, 7:])
+    assert (a - ref).abs().max() < 0.05 * ref.abs().max()
+
+
 def test_gpt_loss_and_weight_decay_groups():
     g = tiny_gpt()
     seq = torch.randint(0, 10, (2, 12))
