@@ -13,7 +13,7 @@ TINY_STAGE1 = ["data.image_size=16", "data.batch_size=4", "data.num_train=64", "
                "model.z_channels=32", "model.codebook_size=16", "model.codebook_dim=4",
                "model.codebook_restart_after=2", "loss.disc_layers=2", "loss.disc_channels=8", "loss.disc_start=3",
                "train.lr_schedule=constant", "train.warmup_steps=0", "train.log_every=2", "train.eval_every=3",
-               "train.ckpt_every=3", "train.max_steps=6"]
+               "train.ckpt_every=3", "train.max_steps=6", "train.precision=fp32"]
 
 
 def run_script(script: str, *args: str, env=None, timeout: int = 300) -> subprocess.CompletedProcess:
