@@ -13,7 +13,7 @@ import transformer.tokens
 from conftest import ROOT
 from helpers import TINY_STAGE1, TINY_STAGE2, load, max_weight_diff, run_script
 from transformer.gpt import GPT, GPTConfig, KVCache
-from transformer.sampling import _Stepper, filter_logits, sample, sliding_window_sample, window_origin
+from transformer.sampling import _Stepper, filter_logits, sample, sample_grid, sliding_window_sample, window_origin
 from utils.errors import UserError
 
 
@@ -102,6 +102,19 @@ def test_sliding_window_equals_sample_when_grid_is_window(num_classes, cfg_scale
     assert torch.equal(a, c)  # the cache changes nothing but speed
     d = sample(g, 4, classes, generator=torch.Generator().manual_seed(6), **kw)
     assert not torch.equal(a, d)
+
+
+@pytest.mark.parametrize("num_classes, cfg_scale", [(0, 1.0), (3, 2.5)])
+def test_sliding_window_without_cache_gives_the_same_tokens(num_classes, cfg_scale):
+    g = tiny_gpt(num_classes, block=12)
+    classes = [1, 2] if num_classes else None
+    kw = dict(temperature=1.2, top_k=8, cfg_scale=cfg_scale)
+    a = sliding_window_sample(g, 2, (5, 7), (3, 4), classes, generator=torch.Generator().manual_seed(3), **kw)
+    b = sliding_window_sample(g, 2, (5, 7), (3, 4), classes, generator=torch.Generator().manual_seed(3),
+                              use_cache=False, **kw)
+    assert a.shape == (2, 5, 7) and torch.equal(a, b)  # the cache changes nothing but speed
+    c = sample_grid(g, 2, (5, 7), (3, 4), classes, generator=torch.Generator().manual_seed(3), use_cache=False, **kw)
+    assert torch.equal(a, c)
 
 
 def test_completion_keeps_the_given_tokens():
@@ -211,7 +224,10 @@ def test_end_to_end_and_generate(tmp_path, stage1):
     assert r.returncode == 0, r.stderr
     assert Image.open(tmp_path / "big.png").size == (48, 32) and "sliding window" in r.stdout
     r = run_script("generate.py", "--checkpoint", ckpt, "--num", "2", "--no-kv-cache")
-    assert r.returncode == 0 and "no KV cache" in r.stdout
+    assert r.returncode == 0 and "(no KV cache)" in r.stdout
+    r = run_script("generate.py", "--checkpoint", ckpt, "--num", "1", "--grid", "9x8", "--no-kv-cache", "--out",
+                   str(tmp_path / "nc.png"))
+    assert r.returncode == 0 and "(sliding window, no KV cache)" in r.stdout, r.stderr
     assert os.path.isfile(f"{d}/samples/samples_seed0_8x8.png")  # default: the run folder's samples/
     for args, msg in [(["--grid", "0x3"], "both sides must be at least 1"),
                       (["--grid", "abc"], "is not of the form HxW"),

@@ -102,12 +102,13 @@ def sliding_window_sample(gpt: GPT, batch: int, grid: tuple[int, int], window: t
                           classes: Optional[Sequence[int]] = None, temperature: float = 1.0,
                           top_k: Optional[int] = None, top_p: Optional[float] = None, cfg_scale: float = 1.0,
                           generator: Optional[torch.Generator] = None, tokens: Optional[torch.Tensor] = None,
-                          start: int = 0) -> torch.Tensor:
+                          start: int = 0, use_cache: bool = True) -> torch.Tensor:
     """Samples an H x W token grid with a model trained on wh x ww windows -> (B, H, W) long.
 
     Each position is predicted from the tokens before it, in raster order, inside its window
     (`window_origin`): the paper's scheme for images larger than the training crops. tokens/start as in
-    `sample`, with start counted in grid raster order."""
+    `sample`, with start counted in grid raster order. use_cache=False runs the whole window context for
+    every token (the reference scheme, and the speed baseline)."""
     (H, W), (wh, ww) = grid, window
     if wh * ww != gpt.cfg.block_size:
         raise ValueError(f"window {wh}x{ww} does not match the model's block_size {gpt.cfg.block_size}")
@@ -115,7 +116,7 @@ def sliding_window_sample(gpt: GPT, batch: int, grid: tuple[int, int], window: t
         raise ValueError(f"grid {H}x{W} is smaller than the window {wh}x{ww}")
     device = next(gpt.parameters()).device
     out = torch.zeros(batch, H, W, dtype=torch.long, device=device) if tokens is None else tokens.clone().to(device)
-    step = _Stepper(gpt, prefix_tokens(gpt, batch, classes, device), cfg_scale)
+    step = _Stepper(gpt, prefix_tokens(gpt, batch, classes, device), cfg_scale, use_cache)
     for pos in range(start, H * W):
         i, j = divmod(pos, W)
         top, left = window_origin(i, j, grid, window)
@@ -135,6 +136,5 @@ def sample_grid(gpt: GPT, batch: int, grid: tuple[int, int], window: tuple[int, 
     if grid == window:
         flat = None if tokens is None else tokens.reshape(batch, -1)
         return sample(gpt, batch, classes, tokens=flat, start=start, use_cache=use_cache, **kw).reshape(batch, *grid)
-    if not use_cache:
-        raise ValueError("use_cache=False applies to plain sampling; the sliding window refills its cache itself")
-    return sliding_window_sample(gpt, batch, grid, window, classes, tokens=tokens, start=start, **kw)
+    return sliding_window_sample(gpt, batch, grid, window, classes, tokens=tokens, start=start, use_cache=use_cache,
+                                 **kw)

@@ -289,15 +289,18 @@ def bench_sampling(device, quick: bool, sliding: bool) -> dict:
     L, C = (4, 256) if quick else (8, 512)
     gpt = GPT(GPTConfig(codebook_size=1024, block_size=side * side, n_layer=L, n_head=8, n_embd=C)).to(device).eval()
     B = 4
+    g = lambda: torch.Generator(device).manual_seed(0)  # noqa: E731
     if sliding:
         grid = (2 * side, 2 * side)
-        ours = lambda: sliding_window_sample(gpt, B, grid, (side, side), generator=torch.Generator(device).manual_seed(0))  # noqa: E731
-        r = alternate(ours, None, device, warmup=0 if not quick else 0, repeats=1 if quick else 2)
+        r = alternate(lambda: sliding_window_sample(gpt, B, grid, (side, side), generator=g()),
+                      lambda: sliding_window_sample(gpt, B, grid, (side, side), generator=g(), use_cache=False),
+                      device, warmup=0, repeats=1 if quick else 2)
         n = B * grid[0] * grid[1]
         r.update(tokens_per_sec=n / (r["median_ms"] / 1000),
-                 what=f"sliding window, grid {grid[0]}x{grid[1]}, window {side}x{side}, GPT {L} x {C}, batch {B}")
+                 baseline_tokens_per_sec=n / (r["baseline_median_ms"] / 1000),
+                 what=f"sliding window, grid {grid[0]}x{grid[1]}, window {side}x{side}, GPT {L} x {C}, batch {B}: "
+                      f"KV cache vs recomputing the window context")
         return r
-    g = lambda: torch.Generator(device).manual_seed(0)  # noqa: E731
     r = alternate(lambda: sample(gpt, B, generator=g()), lambda: sample(gpt, B, generator=g(), use_cache=False),
                   device, warmup=0, repeats=1 if quick else 3)
     n = B * side * side
