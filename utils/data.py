@@ -89,9 +89,8 @@ def render_shapes(n: int, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]
         elif kind == "ring":
             rho = np.hypot(dx, dy)
             mask = (rho <= r) & (rho >= r * 0.5)
-        else:  # triangle with circumradius 1.2 r (about the area of the square): rho cos(phi mod 2pi/3 - pi/3) <= R/2
-            phi = np.mod(np.arctan2(v, u), 2 * np.pi / 3) - np.pi / 3
-            mask = np.hypot(u, v) * np.cos(phi) <= 1.2 * r * np.cos(np.pi / 3)
+        else:  # right isosceles triangle, legs 2r along the axes (about the square's area), hypotenuse through (cx, cy)
+            mask = (u >= -r) & (v >= -r) & (u + v <= 0)
         img = np.where(mask[..., None], fg, bg)
         images[i] = img.clip(0, 255).astype(np.uint8)
     return images, labels
