@@ -70,7 +70,8 @@ def generate(argv=None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="PNG path (default: the run folder's samples/)")
     p.add_argument("--save-individual", action="store_true", help="also write each image as its own PNG")
-    p.add_argument("--no-kv-cache", action="store_true", help="recompute the prefix for every token (slow)")
+    p.add_argument("--no-kv-cache", action="store_true",
+                   help="recompute the whole context for every token (slow: the speed without the cache)")
     p.add_argument("--device", default="auto")
     args = p.parse_args(argv)
     if args.num < 1:

@@ -216,7 +216,7 @@ def test_ddp_two_processes_across_disc_start(tmp_path):
                            if a["model"][k].is_floating_point()])
         # equal up to float noise, which Adam amplifies to steps of about lr on the coordinates whose gradient
         # is zero in exact arithmetic (attention key biases, conv biases before a one-channel-per-group
-        # GroupNorm: under 1% of the weights); a real mismatch (unaveraged gradients, other images) moves all
+        # GroupNorm: under 1% of the weights); a real mismatch (unaveraged gradients, other images) moves them all
         assert diffs.mean() < 1e-6 and (diffs > 1e-6).float().mean() < 1e-2 and diffs.max() < 3 * 2e-4
     m = json.load(open(f"{d}/metrics.json"))
     assert m["step"] == 4 and 0 < m["codebook_usage"] <= 1
