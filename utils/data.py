@@ -73,7 +73,9 @@ def render_shapes(n: int, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]
         contrast = np.abs(SHAPE_PALETTE - mean).sum(1) > 120
         contrast[[i0, i1]] = False  # nor equal to either end of a gradient
         fg = SHAPE_PALETTE[rng.choice(np.flatnonzero(contrast))]
-        r = rng.uniform(0.25, 0.45) * size  # circumradius: even the smallest shape spans about 4 tokens at f=4
+        # r: the shape's half-extent (radius of circle and ring, arm of the cross, half a leg of the triangle, 4/3 of
+        # the square's half-side): even the smallest shape spans about 4 tokens at f=4
+        r = rng.uniform(0.25, 0.45) * size
         cx, cy = rng.uniform(r, size - r, 2)
         rot = rng.integers(4) * np.pi / 2  # quarter turns: edges stay aligned with the 4x4 token patches
         dx, dy = xx - cx, yy - cy
