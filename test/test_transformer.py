@@ -12,7 +12,7 @@ import train_vqgan
 import transformer.tokens
 from conftest import ROOT
 from helpers import TINY_STAGE1, TINY_STAGE2, load, max_weight_diff, run_script
-from transformer.gpt import GPT, GPTConfig, KVCache
+from transformer.gpt import GPT, GPTConfig, KVCache, explicit_attention
 from transformer.sampling import _Stepper, filter_logits, sample, sample_grid, sliding_window_sample, window_origin
 from utils.errors import UserError
 
@@ -64,6 +64,18 @@ def test_cpu_bf16_attention_is_causal_and_close_to_fp32():
             a, b = g(seq).float(), g(other).float()
     assert torch.equal(a[:, :7], b[:, :7]) and not torch.equal(a[:, 7:], b[:, 7:])
     assert (a - ref).abs().max() < 0.05 * ref.abs().max()
+
+
+def test_explicit_attention_matches_sdpa():
+    """The CPU-autocast attention path computes what SDPA does: causal over a full sequence, and one
+    query over every cached key, as in KV-cached decoding."""
+    torch.manual_seed(0)
+    q, k, v = torch.randn(3, 2, 4, 9, 8).unbind(0)
+    ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+    assert (explicit_attention(q, k, v, True) - ref).abs().max() < 1e-6
+    ref = torch.nn.functional.scaled_dot_product_attention(q[:, :, -1:], k, v)
+    assert (explicit_attention(q[:, :, -1:], k, v, False) - ref).abs().max() < 1e-6
+    assert not torch.allclose(explicit_attention(q, k, v, True), explicit_attention(q, k, v, False))
 
 
 def test_gpt_loss_and_weight_decay_groups():
