@@ -92,11 +92,11 @@ class CausalSelfAttention(nn.Module):
                 if T != 1:
                     raise ValueError("with a filled cache, feed one token at a time")
                 causal = False  # one new query attends to every cached position
+        dropout_p = self.dropout if self.training else 0.0
         if q.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
-            y = explicit_attention(q, k, v, causal, self.dropout if self.training else 0.0)
+            y = explicit_attention(q, k, v, causal, dropout_p)
         else:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=causal,
-                                               dropout_p=self.dropout if self.training else 0.0)
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=causal, dropout_p=dropout_p)
         y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C)
         return self.resid_drop(self.proj(y))
 
