@@ -18,13 +18,22 @@ from utils.errors import UserError
 
 @dataclass
 class GPTConfig:
+    """Everything a GPT is rebuilt from (stored in its checkpoint as `model_args`)."""
     codebook_size: int          # K: number of codes (the output classes)
-    block_size: int             # tokens per training sequence: window_h * window_w (the prefix takes slot 0)
+    window: tuple[int, int]     # (h, w): the token grid of one training sequence, sampled in raster order
     num_classes: int = 0        # 0: unconditional
     n_layer: int = 8
     n_head: int = 8
     n_embd: int = 512
     dropout: float = 0.0
+
+    def __post_init__(self):
+        self.window = tuple(self.window)
+
+    @property
+    def block_size(self) -> int:
+        """Tokens per sequence: window_h * window_w (the prefix takes slot 0, the last code is never an input)."""
+        return self.window[0] * self.window[1]
 
     @property
     def vocab_size(self) -> int:
@@ -143,8 +152,8 @@ class GPT(nn.Module):
                 nn.init.normal_(proj.weight, 0.0, 0.02 / math.sqrt(2 * self.cfg.n_layer))
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor = None):
-        """idx: (B, T) token ids (prefix first) -> logits (B, T, K); with targets (B, T) also the mean
-        cross-entropy in nats per token."""
+        """idx: (B, T) token ids (prefix first) -> (logits (B, T, K), the mean cross-entropy in nats per token
+        against targets (B, T), or None without targets)."""
         B, T = idx.shape
         if T > self.cfg.block_size:
             raise ValueError(f"sequence of {T} tokens is longer than block_size {self.cfg.block_size}")
@@ -153,7 +162,7 @@ class GPT(nn.Module):
             x = block(x)
         logits = self.head(self.ln_f(x))  # (B, T, K)
         if targets is None:
-            return logits
+            return logits, None
         return logits, F.cross_entropy(logits.float().view(-1, logits.shape[-1]), targets.reshape(-1))
 
     def forward_cached(self, idx: torch.Tensor, cache: KVCache, pos: int) -> torch.Tensor:
@@ -174,12 +183,31 @@ class GPT(nn.Module):
         groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
         return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas))
 
+    @property
+    def model_args(self) -> dict:
+        """The plain dict this model is rebuilt from: GPT(GPTConfig(**model_args))."""
+        return asdict(self.cfg)
+
     @classmethod
-    def from_checkpoint(cls, path: str, map_location="cpu") -> "GPT":
-        ckpt = load_checkpoint_file(path, "transformer", map_location)
-        model = cls(GPTConfig(**ckpt["gpt_config"]))
+    def from_checkpoint(cls, ckpt, map_location="cpu") -> "GPT":
+        """A transformer checkpoint (a path or its loaded dict) -> its GPT in eval mode, frozen."""
+        if isinstance(ckpt, str):
+            ckpt = load_checkpoint_file(ckpt, "transformer", map_location)
+        model = cls(GPTConfig(**model_args_of(ckpt)))
         model.load_state_dict(ckpt["model"], strict=True)
         return model.eval().requires_grad_(False)
 
-    def config_dict(self) -> dict:
-        return asdict(self.cfg)
+
+def model_args_of(ckpt: dict) -> dict:
+    """A transformer checkpoint's `model_args`; checkpoints written before they were stored give the same dict from
+    their `gpt_config` and `window`."""
+    if "model_args" in ckpt:
+        return dict(ckpt["model_args"])
+    args = {k: v for k, v in ckpt["gpt_config"].items() if k != "block_size"}
+    return {**args, "window": tuple(ckpt["window"])}
+
+
+def legacy_gpt_config(cfg: GPTConfig) -> dict:
+    """The `gpt_config` entry that transformer checkpoints have always carried (block_size instead of the window)."""
+    return {"codebook_size": cfg.codebook_size, "block_size": cfg.block_size, "num_classes": cfg.num_classes,
+            "n_layer": cfg.n_layer, "n_head": cfg.n_head, "n_embd": cfg.n_embd, "dropout": cfg.dropout}

@@ -13,8 +13,9 @@ import torch
 import yaml
 
 from utils.checkpoint import FORMAT, save_atomic
-from utils.config import ConfigError, Stage1Config, load_config, to_dict
-from utils.errors import UserError
+from utils.config import ConfigError, load_config, to_dict
+from utils.stage1_config import Stage1Config
+from utils.errors import UserError, command
 from vqgan.model import VQGAN
 
 _PREFIXES = {"encoder.": "encoder.", "decoder.": "decoder.", "quant_conv.": "quant_conv.",
@@ -66,7 +67,7 @@ def convert(ckpt_path: str, config_path: str) -> dict:
     cfg = official_to_config(params)
     raw = _load_lightning(ckpt_path)
     sd = raw.get("state_dict", raw)
-    model = VQGAN(cfg.model, cfg.data.image_size, cfg.data.channels)
+    model = VQGAN(cfg.model)
     state = model.state_dict()  # fresh usage buffers, weights replaced below
     loaded = set()
     for k, v in sd.items():
@@ -81,22 +82,20 @@ def convert(ckpt_path: str, config_path: str) -> dict:
     if missing:
         raise UserError(f"the official checkpoint lacks {len(missing)} weights, e.g. '{missing[0]}'")
     model.load_state_dict(state, strict=True)
-    return {"kind": "vqgan", "format": FORMAT, "config": to_dict(cfg), "model": model.state_dict(),
+    return {"kind": "vqgan", "format": FORMAT, "config": to_dict(cfg), "model_args": model.model_args,
+            "model": model.state_dict(),
             "step": int(raw.get("global_step", 0)), "converted_from": ckpt_path}
 
 
+@command
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--ckpt", required=True, help="official Lightning checkpoint (.ckpt)")
     p.add_argument("--config", required=True, help="its YAML (with model.params)")
     p.add_argument("--out", required=True, help="where to write this project's checkpoint (.pt)")
     args = p.parse_args(argv)
-    try:
-        ckpt = convert(args.ckpt, args.config)
-        save_atomic(ckpt, args.out)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    ckpt = convert(args.ckpt, args.config)
+    save_atomic(ckpt, args.out)
     m = ckpt["config"]["model"]
     print(f"wrote {args.out}: {m['codebook_size']} codes x {m['codebook_dim']}, "
           f"{ckpt['config']['data']['image_size']}px, step {ckpt['step']}")

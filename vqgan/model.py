@@ -3,7 +3,8 @@
 Only the autoencoder and codebook live here; the perceptual net and discriminator are training
 losses and are never part of a VQGAN checkpoint's model state.
 """
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
+from typing import Optional
 
 import torch
 import torch.nn as nn
@@ -17,6 +18,10 @@ from vqgan.encoder import Encoder
 
 @dataclass
 class VQGANConfig:
+    """Everything a VQGAN is rebuilt from (stored in its checkpoint as `model_args`)."""
+    image_size: Optional[int] = None                  # the resolution the architecture is laid out for (where
+                                                      # attention sits); null in a stage-1 config: data.image_size
+    channels: Optional[int] = None                    # image channels; null in a stage-1 config: data.channels
     ch: int = 64                                      # base channels
     ch_mult: list[int] = field(default_factory=lambda: [1, 2, 2])  # per level; f = 2**(levels-1)
     num_res_blocks: int = 2
@@ -35,13 +40,15 @@ class VQGANConfig:
 
 
 class VQGAN(nn.Module):
-    def __init__(self, cfg: VQGANConfig, image_size: int, channels: int = 3):
+    def __init__(self, cfg: VQGANConfig):
         super().__init__()
-        self.cfg, self.image_size, self.channels = cfg, image_size, channels
+        if cfg.image_size is None or cfg.channels is None:
+            raise ValueError("VQGANConfig.image_size and .channels must be set")
+        self.cfg, self.image_size, self.channels = cfg, cfg.image_size, cfg.channels
         arch = dict(ch=cfg.ch, ch_mult=cfg.ch_mult, num_res_blocks=cfg.num_res_blocks, dropout=cfg.dropout,
-                    attn_resolutions=cfg.attn_resolutions, z_channels=cfg.z_channels, resolution=image_size)
-        self.encoder = Encoder(in_channels=channels, **arch)
-        self.decoder = Decoder(out_channels=channels, **arch)
+                    attn_resolutions=cfg.attn_resolutions, z_channels=cfg.z_channels, resolution=cfg.image_size)
+        self.encoder = Encoder(in_channels=cfg.channels, **arch)
+        self.decoder = Decoder(out_channels=cfg.channels, **arch)
         self.quant_conv = nn.Conv2d(cfg.z_channels, cfg.codebook_dim, 1)
         self.post_quant_conv = nn.Conv2d(cfg.codebook_dim, cfg.z_channels, 1)
         self.codebook = Codebook(cfg.codebook_size, cfg.codebook_dim, beta=cfg.codebook_beta,
@@ -73,11 +80,16 @@ class VQGAN(nn.Module):
     def latent_size(self) -> int:
         return self.image_size // self.cfg.downsample_factor
 
+    @property
+    def model_args(self) -> dict:
+        """The plain dict this model is rebuilt from: VQGAN(VQGANConfig(**model_args))."""
+        return asdict(self.cfg)
+
     @classmethod
     def from_checkpoint(cls, path: str, map_location="cpu", use_ema: bool = True) -> "VQGAN":
         """Loads a stage-1 checkpoint (EMA weights when it has them) in eval mode, frozen."""
         ckpt = load_checkpoint_file(path, "vqgan", map_location)
-        model = build_from_config(ckpt["config"])
+        model = cls(VQGANConfig(**model_args_of(ckpt)))
         state = ckpt["ema"] if use_ema and ckpt.get("ema") is not None else ckpt["model"]
         try:
             model.load_state_dict(state, strict=True)
@@ -86,12 +98,16 @@ class VQGAN(nn.Module):
         return model.eval().requires_grad_(False)
 
 
-def build_from_config(config: dict) -> VQGAN:
-    """A VQGAN from a plain config dict with 'model' and 'data' sections (as stored in checkpoints)."""
-    model_cfg = dict(config["model"])
-    known = {f.name for f in fields(VQGANConfig)}
-    unknown = sorted(set(model_cfg) - known)
+def model_args_of(ckpt: dict) -> dict:
+    """A stage-1 checkpoint's `model_args`; checkpoints written before they were stored give the same dict from
+    their config's model and data sections."""
+    if "model_args" in ckpt:
+        args = dict(ckpt["model_args"])
+    else:
+        args, data = dict(ckpt["config"]["model"]), ckpt["config"]["data"]
+        args["image_size"] = args.get("image_size") or int(data["image_size"])
+        args["channels"] = args.get("channels") or int(data.get("channels", 3))
+    unknown = sorted(set(args) - {f.name for f in fields(VQGANConfig)})
     if unknown:
         raise UserError(f"model config has unknown keys {unknown}; this checkpoint was written by another version")
-    data = config["data"]
-    return VQGAN(VQGANConfig(**model_cfg), image_size=int(data["image_size"]), channels=int(data.get("channels", 3)))
+    return args

@@ -1,0 +1,113 @@
+"""The stage-2 config schema (`configs/*_gpt.yaml`), and its completion from the frozen stage-1 model.
+
+`run` and `data` are the stage-1 sections (the data section's image size and channels default to the
+stage-1 model's); `model` holds the GPT's size, `sample` the settings samples are drawn with.
+"""
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+
+from transformer.gpt import GPTConfig
+from utils.config import ConfigError, choices
+from utils.errors import UserError
+from utils.stage1_config import BaseTrainConfig, DataConfig, RunConfig
+from vqgan.model import VQGANConfig
+
+
+@dataclass
+class Stage1Ref:
+    checkpoint: str = field(default="runs/shapes_vqgan/checkpoints/last.pt", metadata={"required": True})
+
+
+@dataclass
+class TokenDataConfig(DataConfig):
+    image_size: Optional[int] = None    # None: the stage-1 model's
+    channels: Optional[int] = choices(None, 1, 3, default=None)  # None: the stage-1 model's
+    batch_size: int = 64
+    num_workers: int = 0                # used only while encoding the dataset once
+
+
+@dataclass
+class GPTSection:
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 256
+    dropout: float = 0.0
+    window: list[int] = field(default_factory=list)  # [h, w] tokens per training crop; [] = the whole grid
+    class_conditional: bool = False
+
+
+@dataclass
+class SampleConfig:
+    temperature: float = 1.0
+    top_k: Optional[int] = None
+    top_p: Optional[float] = None
+    cfg_scale: float = 1.0              # classifier-free guidance (class-conditional models)
+    num: int = 8                        # images sampled at each evaluation
+
+
+@dataclass
+class Train2Config(BaseTrainConfig):
+    lr: float = 3e-4
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    weight_decay: float = 0.1
+    warmup_steps: int = 100
+    lr_schedule: str = choices("constant", "cosine", default="cosine")
+    grad_clip: float = 1.0
+    pkeep: float = 1.0                  # probability of keeping each input token (else a random code)
+    class_dropout: float = 0.1          # probability of the null class, for classifier-free guidance
+
+
+@dataclass
+class Stage2Config:
+    run: RunConfig = field(default_factory=lambda: RunConfig(name="shapes_gpt"))
+    stage1: Stage1Ref = field(default_factory=Stage1Ref)
+    data: TokenDataConfig = field(default_factory=TokenDataConfig)
+    model: GPTSection = field(default_factory=GPTSection)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    train: Train2Config = field(default_factory=Train2Config)
+
+    def check(self, where: str) -> None:
+        w = self.model.window
+        if w and (len(w) != 2 or min(w) < 1):
+            raise ConfigError(f"model.window must be [] (the whole grid) or [h, w] with h, w >= 1, got {w} ({where})")
+        if self.model.n_embd % self.model.n_head:
+            raise ConfigError(f"model.n_embd={self.model.n_embd} is not divisible by model.n_head="
+                              f"{self.model.n_head} ({where})")
+        if not 0 < self.train.pkeep <= 1:
+            raise ConfigError(f"train.pkeep must be in (0, 1], got {self.train.pkeep} ({where})")
+        if not 0 <= self.train.class_dropout < 1:
+            raise ConfigError(f"train.class_dropout must be in [0, 1), got {self.train.class_dropout} ({where})")
+        self.train.check(where)
+
+
+def complete_from_stage1(cfg: Stage2Config, vq: VQGANConfig) -> tuple[int, int]:
+    """Fills data.channels and data.image_size left null with the stage-1 model's, checks those given, and returns
+    the (h, w) token grid the data encodes to. The autoencoder is convolutional: larger images give larger grids."""
+    d = cfg.data
+    if d.channels is not None and d.channels != vq.channels:
+        raise UserError(f"data.channels={d.channels} but the stage-1 model takes {vq.channels}; "
+                        "leave data.channels unset (null) to use the stage-1 value")
+    d.channels = vq.channels
+    f = vq.downsample_factor
+    if d.image_size is None:
+        d.image_size = vq.image_size
+    elif d.image_size % f:
+        raise UserError(f"data.image_size={d.image_size} is not a multiple of the stage-1 downsampling factor {f}")
+    grid = (d.image_size // f, d.image_size // f)
+    w = tuple(cfg.model.window) or grid
+    if w[0] > grid[0] or w[1] > grid[1]:
+        raise UserError(f"model.window={list(w)} is larger than the {grid[0]}x{grid[1]} token grid of "
+                        f"the stage-1 model; use at most [{grid[0]}, {grid[1]}] or [] for the whole grid")
+    return grid
+
+
+def gpt_config(cfg: Stage2Config, vq: VQGANConfig, grid: tuple[int, int],
+               class_names: Optional[Sequence[str]]) -> GPTConfig:
+    """The GPT this config trains over the codes of `vq`: its vocabulary (codes, then a start token or one token
+    per class and a null class), its window of the `grid`, and its size."""
+    m = cfg.model
+    if m.class_conditional and not class_names:
+        raise UserError(f"data.dataset={cfg.data.dataset} has no class labels; set model.class_conditional=false")
+    return GPTConfig(codebook_size=vq.codebook_size, window=tuple(m.window) or grid,
+                     num_classes=len(class_names) if m.class_conditional else 0,
+                     n_layer=m.n_layer, n_head=m.n_head, n_embd=m.n_embd, dropout=m.dropout)
