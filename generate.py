@@ -8,21 +8,15 @@
 import argparse
 import math
 import os
-import sys
 import time
 
 import torch
 from torchvision.utils import save_image
 
-from transformer.gpt import GPT
-from transformer.sampling import sample_grid
-from transformer.tokens import file_sha256
-from utils.checkpoint import load_checkpoint_file
-from utils.config import to_dict
+from transformer.loading import load_transformer
+from transformer.sampling import decode_images, sample
 from utils.distributed import DistInfo, select_device
-from utils.errors import UserError
-from utils.run import main_guard
-from vqgan.model import VQGAN
+from utils.errors import UserError, command
 
 
 def parse_grid(text: str) -> tuple[int, int]:
@@ -34,27 +28,6 @@ def parse_grid(text: str) -> tuple[int, int]:
     if h < 1 or w < 1:
         raise UserError(f"--grid '{text}': both sides must be at least 1 token")
     return h, w
-
-
-def load_models(path: str, device):
-    """(gpt, vqgan, checkpoint dict). Warns when the stage-1 file changed since training, and refuses
-    when its model no longer matches the one the transformer was trained on."""
-    ckpt = load_checkpoint_file(path, "transformer")
-    gpt = GPT.from_checkpoint(path).to(device)
-    s1 = ckpt["stage1"]
-    if not os.path.isfile(s1["checkpoint"]):
-        raise UserError(f"the stage-1 checkpoint this transformer was trained on is missing: '{s1['checkpoint']}' "
-                        "(paths are relative to the directory the training ran in)")
-    vq = VQGAN.from_checkpoint(s1["checkpoint"], map_location="cpu").to(device)
-    if to_dict(vq.cfg) != s1["model"] or vq.image_size != s1["data"]["image_size"] \
-            or vq.channels != s1["data"]["channels"]:
-        raise UserError(f"the stage-1 checkpoint '{s1['checkpoint']}' now holds a different model than the one "
-                        "this transformer was trained on; restore the original file")
-    if file_sha256(s1["checkpoint"]) != s1["sha256"]:
-        msg = (f"the stage-1 checkpoint '{s1['checkpoint']}' has changed since this transformer was trained "
-               "(e.g. stage 1 was resumed): same architecture, other weights, so samples may decode worse")
-        print(f"warning: {msg}", file=sys.stderr)
-    return gpt, vq, ckpt
 
 
 def generate(argv=None) -> None:
@@ -77,8 +50,8 @@ def generate(argv=None) -> None:
     if args.num < 1:
         raise UserError(f"--num must be at least 1, got {args.num}")
     device = select_device(args.device, DistInfo())
-    gpt, vq, ckpt = load_models(args.checkpoint, device)
-    window = tuple(ckpt["window"])
+    gpt, vq, ckpt = load_transformer(args.checkpoint, device)
+    window = gpt.cfg.window
     grid = parse_grid(args.grid) if args.grid else window
     if grid[0] < window[0] or grid[1] < window[1]:
         raise UserError(f"--grid {grid[0]}x{grid[1]} is smaller than the trained window {window[0]}x{window[1]}")
@@ -97,12 +70,11 @@ def generate(argv=None) -> None:
               generator=torch.Generator(device=device).manual_seed(args.seed))
 
     t0 = time.time()
-    tokens = sample_grid(gpt, args.num, grid, window, classes, use_cache=not args.no_kv_cache, **kw)
+    tokens = sample(gpt, args.num, grid, classes, use_cache=not args.no_kv_cache, **kw)
     if device.type == "cuda":
         torch.cuda.synchronize()
     elapsed = time.time() - t0
-    with torch.inference_mode():
-        images = ((vq.decode_indices(tokens).float().clamp(-1, 1) + 1) / 2).cpu()  # (N, C, H, W) in [0, 1]
+    images = decode_images(vq, tokens)  # (N, C, H, W) in [0, 1]
 
     out = args.out
     if out is None:
@@ -126,4 +98,4 @@ def generate(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main_guard(generate)
+    command(generate)()

@@ -1,8 +1,10 @@
-"""Autoregressive sampling of token grids: plain (KV-cached) and sliding-window for larger grids.
+"""Autoregressive sampling of token grids: one sampler, with the sliding window for grids larger than the model's.
 
-Both build the same sequence [prefix, t_0, t_1, ...] in raster order and share `filter_logits`. The
-sliding-window sampler keeps using its cache while the window stays put and refills it when the
-window moves, so with grid == window it performs exactly the computation of `sample`.
+`sample` draws an H x W grid in raster order. Each position is predicted from the tokens before it inside
+the model's window, placed by `window_origin`: centred on the position where possible, clamped at the
+borders (the paper's scheme for images larger than the training crops). With grid == window the window
+never moves and this is plain sampling of the whole sequence. The KV cache is kept while the window stays
+put and refilled when it moves, so the cache changes nothing but speed.
 """
 from typing import Optional, Sequence
 
@@ -52,14 +54,14 @@ class _Stepper:
         self.cache = KVCache(gpt.cfg, prefix.shape[0], p.device, p.dtype) if use_cache else None
         self.key = None  # which context the cache holds (the window's corner)
 
-    def logits(self, context: torch.Tensor, key=None) -> torch.Tensor:
+    def logits(self, context: torch.Tensor, key) -> torch.Tensor:
         """context: (B, p) tokens preceding the one to predict -> (B, K) logits for it. Continues the
         cache when it holds exactly these tokens but the last (same key), else refills it."""
         if self.guided:
             context = torch.cat([context, context])
         seq = torch.cat([self.prefix[:, None], context], 1)  # (B', p+1)
         if not self.use_cache:
-            out = self.gpt(seq)[:, -1]
+            out = self.gpt(seq)[0][:, -1]
         elif key == self.key and self.cache.length == seq.shape[1] - 1:
             out = self.gpt.forward_cached(seq[:, -1:], self.cache, seq.shape[1] - 1)
         else:
@@ -71,25 +73,6 @@ class _Stepper:
         return out
 
 
-@torch.inference_mode()
-def sample(gpt: GPT, batch: int, classes: Optional[Sequence[int]] = None, temperature: float = 1.0,
-           top_k: Optional[int] = None, top_p: Optional[float] = None, cfg_scale: float = 1.0,
-           generator: Optional[torch.Generator] = None, tokens: Optional[torch.Tensor] = None, start: int = 0,
-           use_cache: bool = True) -> torch.Tensor:
-    """Samples block_size tokens per sequence in raster order -> (B, block_size) long.
-
-    tokens/start: a (B, block_size) tensor whose first `start` tokens are kept (half-image completion).
-    use_cache=False recomputes the whole prefix for every token (the reference, and the speed baseline)."""
-    device = next(gpt.parameters()).device
-    n = gpt.cfg.block_size
-    out = torch.zeros(batch, n, dtype=torch.long, device=device) if tokens is None else tokens.clone().to(device)
-    step = _Stepper(gpt, prefix_tokens(gpt, batch, classes, device), cfg_scale, use_cache)
-    for p in range(start, n):
-        probs = filter_logits(step.logits(out[:, :p]), temperature, top_k, top_p)
-        out[:, p] = torch.multinomial(probs, 1, generator=generator)[:, 0]
-    return out
-
-
 def window_origin(i: int, j: int, grid: tuple[int, int], window: tuple[int, int]) -> tuple[int, int]:
     """Top-left corner of the window used for grid position (i, j): centred on it where possible,
     clamped at the borders, so that the position is always inside."""
@@ -98,20 +81,19 @@ def window_origin(i: int, j: int, grid: tuple[int, int], window: tuple[int, int]
 
 
 @torch.inference_mode()
-def sliding_window_sample(gpt: GPT, batch: int, grid: tuple[int, int], window: tuple[int, int],
-                          classes: Optional[Sequence[int]] = None, temperature: float = 1.0,
-                          top_k: Optional[int] = None, top_p: Optional[float] = None, cfg_scale: float = 1.0,
-                          generator: Optional[torch.Generator] = None, tokens: Optional[torch.Tensor] = None,
-                          start: int = 0, use_cache: bool = True) -> torch.Tensor:
-    """Samples an H x W token grid with a model trained on wh x ww windows -> (B, H, W) long.
+def sample(gpt: GPT, batch: int, grid: Optional[tuple[int, int]] = None, classes: Optional[Sequence[int]] = None,
+           temperature: float = 1.0, top_k: Optional[int] = None, top_p: Optional[float] = None,
+           cfg_scale: float = 1.0, generator: Optional[torch.Generator] = None, tokens: Optional[torch.Tensor] = None,
+           start: int = 0, use_cache: bool = True) -> torch.Tensor:
+    """Samples `batch` token grids of size `grid` (default: the model's window) -> (B, H, W) long.
 
-    Each position is predicted from the tokens before it, in raster order, inside its window
-    (`window_origin`): the paper's scheme for images larger than the training crops. tokens/start as in
-    `sample`, with start counted in grid raster order. use_cache=False runs the whole window context for
-    every token (the reference scheme, and the speed baseline)."""
-    (H, W), (wh, ww) = grid, window
-    if wh * ww != gpt.cfg.block_size:
-        raise ValueError(f"window {wh}x{ww} does not match the model's block_size {gpt.cfg.block_size}")
+    classes: class ids for a class-conditional model (cycled; None cycles through all of them).
+    tokens/start: a (B, H, W) grid whose first `start` positions in raster order are kept (completion).
+    cfg_scale: classifier-free guidance. use_cache=False runs the whole window context for every token
+    (the reference scheme, and the speed baseline)."""
+    window = gpt.cfg.window
+    H, W = grid = tuple(grid) if grid is not None else window
+    wh, ww = window
     if H < wh or W < ww:
         raise ValueError(f"grid {H}x{W} is smaller than the window {wh}x{ww}")
     device = next(gpt.parameters()).device
@@ -127,14 +109,7 @@ def sliding_window_sample(gpt: GPT, batch: int, grid: tuple[int, int], window: t
     return out
 
 
-def sample_grid(gpt: GPT, batch: int, grid: tuple[int, int], window: tuple[int, int],
-                classes: Optional[Sequence[int]] = None, tokens: Optional[torch.Tensor] = None, start: int = 0,
-                use_cache: bool = True, **kw) -> torch.Tensor:
-    """(B, H, W) tokens: plain sampling when the grid is the trained window, else the sliding window.
-    tokens: an optional (B, H, W) grid whose first `start` raster positions are kept; kw: sampling options."""
-    grid, window = tuple(grid), tuple(window)
-    if grid == window:
-        flat = None if tokens is None else tokens.reshape(batch, -1)
-        return sample(gpt, batch, classes, tokens=flat, start=start, use_cache=use_cache, **kw).reshape(batch, *grid)
-    return sliding_window_sample(gpt, batch, grid, window, classes, tokens=tokens, start=start, use_cache=use_cache,
-                                 **kw)
+@torch.inference_mode()
+def decode_images(vq, tokens: torch.Tensor) -> torch.Tensor:
+    """tokens: (B, h, w) code indices -> (B, C, H, W) float images in [0, 1], on the CPU."""
+    return ((vq.decode_indices(tokens.long()).float().clamp(-1, 1) + 1) / 2).cpu()

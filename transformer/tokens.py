@@ -15,17 +15,6 @@ from utils.checkpoint import save_atomic
 from utils.errors import UserError
 
 
-def file_sha256(path: str, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while True:
-            b = f.read(chunk)
-            if not b:
-                break
-            h.update(b)
-    return h.hexdigest()
-
-
 def dataset_key(data, seed: int) -> str:
     """'{dataset}-{hash}': the dataset kind and a hash of every setting that changes its images."""
     fields = {"dataset": data.dataset, "image_size": data.image_size, "channels": data.channels}

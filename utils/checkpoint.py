@@ -1,5 +1,6 @@
-"""Checkpoint files: atomic writes, rotation of periodic copies, and the format marker."""
+"""Checkpoint files: atomic writes, rotation of periodic copies, the format marker, loading by kind, content hashes."""
 import glob
+import hashlib
 import os
 import tempfile
 
@@ -58,3 +59,14 @@ def load_checkpoint_file(path: str, kind: str, map_location="cpu") -> dict:
     if ckpt["kind"] != kind:
         raise UserError(f"'{path}' is a {ckpt['kind']} checkpoint, expected a {kind} checkpoint")
     return ckpt
+
+
+def file_sha256(path: str, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while True:
+            b = f.read(chunk)
+            if not b:
+                break
+            h.update(b)
+    return h.hexdigest()

@@ -10,15 +10,20 @@ and completions.png (val images above their bottom-half completions). Default --
 import argparse
 import math
 import os
-import sys
 
 import torch
 from PIL import Image, ImageDraw
 from torchvision.utils import make_grid, save_image
 
-from utils.config import Stage1Config, load_config
+from transformer.loading import load_transformer
+from transformer.sampling import decode_images, sample
+from transformer.tokens import cache_path, dataset_key
+from utils.config import load_config
 from utils.data import build_datasets
-from utils.errors import UserError
+from utils.errors import UserError, command
+from utils.stage1_config import Stage1Config
+from utils.stage2_config import Stage2Config
+from vqgan.model import VQGAN
 
 
 def save_grid(images: torch.Tensor, path: str, nrow: int, scale: int = 1, padding: int = 1) -> None:
@@ -58,7 +63,6 @@ def usage_histogram(counts: torch.Tensor, path: str, title: str, width: int = 64
 
 @torch.no_grad()
 def stage1_figures(run_dir: str, ckpt_path: str, out: str, num: int, scale: int = 1) -> list[str]:
-    from vqgan.model import VQGAN
     cfg = load_config(Stage1Config, os.path.join(run_dir, "config.yaml"))
     vq = VQGAN.from_checkpoint(ckpt_path)
     _, val = build_datasets(cfg.data, cfg.run.seed)
@@ -77,42 +81,42 @@ def stage1_figures(run_dir: str, ckpt_path: str, out: str, num: int, scale: int 
 
 @torch.no_grad()
 def stage2_figures(ckpt_path: str, out: str, num: int, seed: int, scale: int = 1) -> list[str]:
-    from generate import load_models
-    from train_transformer import sample_images
-    from utils.config import SampleConfig, Stage2Config
-    gpt, vq, ckpt = load_models(ckpt_path, torch.device("cpu"))
-    scfg = SampleConfig(**ckpt["config"]["sample"])
-    window, grid = tuple(ckpt["window"]), tuple(ckpt["grid"])
+    gpt, vq, ckpt = load_transformer(ckpt_path)
+    cfg = load_config(Stage2Config, base=ckpt["config"])
+    sc = cfg.sample
+    options = dict(temperature=sc.temperature, top_k=sc.top_k, top_p=sc.top_p, cfg_scale=sc.cfg_scale)
+
+    def draw(n, grid=None, classes=None, tokens=None, start=0):
+        g = torch.Generator().manual_seed(seed)
+        return decode_images(vq, sample(gpt, n, grid, classes, tokens=tokens, start=start, generator=g, **options))
+
+    window, grid = gpt.cfg.window, tuple(ckpt["grid"])
     nc = gpt.cfg.num_classes
     paths = [os.path.join(out, "samples.png"), os.path.join(out, "sliding.png"), os.path.join(out, "completions.png")]
     if nc:  # one row per class
         per = max(1, num // nc) if num >= nc else 1
         labels = torch.arange(nc).repeat_interleave(per)
-        imgs = sample_images(gpt, vq, window, window, len(labels), scfg, seed, "cpu", labels=labels)
-        save_grid(imgs, paths[0], nrow=per, scale=scale)
+        save_grid(draw(len(labels), classes=labels.tolist()), paths[0], nrow=per, scale=scale)
     else:
-        imgs = sample_images(gpt, vq, window, window, num, scfg, seed, "cpu")
-        save_grid(imgs, paths[0], nrow=math.ceil(math.sqrt(num)), scale=scale)
-    big = (2 * window[0], 2 * window[1])
+        save_grid(draw(num), paths[0], nrow=math.ceil(math.sqrt(num)), scale=scale)
     k = min(4, num)
-    labels = torch.arange(k) % nc if nc else None
-    imgs = sample_images(gpt, vq, big, window, k, scfg, seed, "cpu", labels=labels)
-    save_grid(imgs, paths[1], nrow=k, scale=scale, padding=2)
-    cfg = load_config(Stage2Config, base=ckpt["config"])
-    from transformer.tokens import cache_path, dataset_key
+    classes = (torch.arange(k) % nc).tolist() if nc else None
+    save_grid(draw(k, (2 * window[0], 2 * window[1]), classes), paths[1], nrow=k, scale=scale, padding=2)
     val_cache = cache_path(os.path.join(cfg.run.out_dir, "cache"), ckpt["stage1"]["sha256"],
                            dataset_key(cfg.data, cfg.run.seed), "val")
     if os.path.isfile(val_cache) and grid == window:
         c = torch.load(val_cache, weights_only=True)
         k = min(num, len(c["tokens"]))
-        done = sample_images(gpt, vq, grid, window, k, scfg, seed, "cpu", tokens=c["tokens"], labels=c["labels"])
-        real = (vq.decode_indices(c["tokens"][:k].long()).clamp(-1, 1) + 1) / 2
-        save_grid(torch.cat([real, done]), paths[2], nrow=k, scale=scale)
+        real = c["tokens"][:k].long()
+        classes = c["labels"][:k].tolist() if nc else None
+        done = draw(k, grid, classes, tokens=real, start=(grid[0] // 2) * grid[1])
+        save_grid(torch.cat([decode_images(vq, real), done]), paths[2], nrow=k, scale=scale)
     else:
         paths.pop()
     return paths
 
 
+@command
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("run_dir")
@@ -121,22 +125,18 @@ def main(argv=None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--scale", type=int, default=1, help="enlarge the image grids this many times (nearest)")
     args = p.parse_args(argv)
-    try:
-        ckpt_path = os.path.join(args.run_dir, "checkpoints", "last.pt")
-        if not os.path.isfile(ckpt_path):
-            raise UserError(f"no checkpoint at '{ckpt_path}': give a run folder (runs/<name>)")
-        kind = torch.load(ckpt_path, map_location="cpu", weights_only=True).get("kind")
-        out = args.out or os.path.join(args.run_dir, "figures")
-        os.makedirs(out, exist_ok=True)
-        if kind == "vqgan":
-            paths = stage1_figures(args.run_dir, ckpt_path, out, args.num, args.scale)
-        elif kind == "transformer":
-            paths = stage2_figures(ckpt_path, out, args.num, args.seed, args.scale)
-        else:
-            raise UserError(f"'{ckpt_path}' is not a checkpoint of this project")
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    ckpt_path = os.path.join(args.run_dir, "checkpoints", "last.pt")
+    if not os.path.isfile(ckpt_path):
+        raise UserError(f"no checkpoint at '{ckpt_path}': give a run folder (runs/<name>)")
+    kind = torch.load(ckpt_path, map_location="cpu", weights_only=True).get("kind")
+    out = args.out or os.path.join(args.run_dir, "figures")
+    os.makedirs(out, exist_ok=True)
+    if kind == "vqgan":
+        paths = stage1_figures(args.run_dir, ckpt_path, out, args.num, args.scale)
+    elif kind == "transformer":
+        paths = stage2_figures(ckpt_path, out, args.num, args.seed, args.scale)
+    else:
+        raise UserError(f"'{ckpt_path}' is not a checkpoint of this project")
     for path in paths:
         print(f"wrote {path}")
 

@@ -1,0 +1,42 @@
+"""Loading a transformer with the frozen stage-1 VQGAN it was trained over: one loader, one rule.
+
+A transformer checkpoint records its stage-1 checkpoint (path, content hash, model config), never its
+weights. The tokens the transformer learnt stand for the codes of exactly that file, so a stage-1 file
+whose content has changed since (e.g. stage 1 was resumed and overwrote `last.pt`) is refused wherever
+the pair is used again: resuming the transformer's training, sampling from it, and the tools.
+"""
+import os
+from typing import Optional
+
+from transformer.gpt import GPT
+from utils.checkpoint import file_sha256, load_checkpoint_file
+from utils.errors import UserError
+from vqgan.model import VQGAN
+
+
+def load_stage1(path: str, device="cpu", recorded: Optional[dict] = None) -> tuple[VQGAN, dict]:
+    """(the frozen VQGAN at `path` on `device`, its record {"checkpoint", "sha256", "model", "data"}).
+
+    recorded: the record kept by the transformer being resumed or sampled; the file must still be the one it
+    names, with the same content hash."""
+    if recorded is not None and not os.path.isfile(path):
+        raise UserError(f"the stage-1 checkpoint this transformer was trained on is missing: '{path}' "
+                        "(paths are relative to the directory the training ran in)")
+    vq = VQGAN.from_checkpoint(path, map_location="cpu").to(device)
+    sha = file_sha256(path)
+    if recorded is not None and recorded["sha256"] != sha:
+        raise UserError(f"the stage-1 checkpoint '{path}' has changed since this transformer was trained (sha256 "
+                        f"{recorded['sha256'][:12]} then, {sha[:12]} now; e.g. stage 1 was resumed): the "
+                        "transformer's tokens stand for the codes of the original file; restore that file, or train "
+                        "a new transformer (run.name=...) on the new stage-1 model")
+    record = {"checkpoint": path, "sha256": sha, "model": vq.model_args,
+              "data": {"image_size": vq.image_size, "channels": vq.channels}}
+    return vq, record
+
+
+def load_transformer(path: str, device="cpu") -> tuple[GPT, VQGAN, dict]:
+    """(GPT, its stage-1 VQGAN, the checkpoint dict) of a transformer checkpoint, both models frozen on `device`."""
+    ckpt = load_checkpoint_file(path, "transformer")
+    gpt = GPT.from_checkpoint(ckpt).to(device)
+    vq, _ = load_stage1(ckpt["stage1"]["checkpoint"], device, recorded=ckpt["stage1"])
+    return gpt, vq, ckpt
