@@ -3,24 +3,23 @@
     python train_vqgan.py [--config configs/shapes_vqgan.yaml] [--resume [CKPT]] [section.key=value ...]
     torchrun --nproc_per_node=N train_vqgan.py ...
 """
-import os
 import time
 from contextlib import nullcontext
 
 import torch
 from torch.utils.data import DataLoader
 from torchvision.utils import make_grid
-from tqdm import tqdm
 
-from utils.checkpoint import FORMAT, save_run_checkpoint
-from utils.config import Stage1Config, dump_yaml, to_dict
 from utils.data import ResumableSampler, build_datasets
-from utils.distributed import all_reduce_sum, gather_rng_states, init_distributed, select_device
+from utils.distributed import all_reduce_sum
 from utils.errors import UserError
-from utils.logging import RunLogger, setup_logging
 from utils.metrics import InceptionFeatures, frechet_distance, mean_cov, psnr, ssim
-from utils.run import (EMA, StopSignal, autocast_context, lr_factor, main_guard, parse_args, prepare_run_dir,
-                       resolve_config, start_position, wrap_ddp)
+from utils.precision import autocast_context
+from utils.runlog import RunLogger
+from utils.stage1_config import Stage1Config
+from utils.training import (EMA, StopSignal, check_step, due, end_of_run, evaluate_and_save, figures, main_guard,
+                            optimizer_step, prepare_run_dir, restore, rng_kept, save_checkpoint, set_lr, start_position,
+                            start_run, wrap_ddp, write_config)
 from vqgan.codebook import usage_from_counts
 from vqgan.discriminator import PatchDiscriminator
 from vqgan.losses import LossWeights, discriminator_loss, generator_backward
@@ -71,12 +70,10 @@ def evaluate(model, loader, device, ctx, lpips=None, inception=None, max_batches
 
 
 def train(argv=None):
-    args = parse_args(argv, "configs/shapes_vqgan.yaml", "Train a VQGAN (stage 1).")
-    dist_info = init_distributed()
-    log = setup_logging(dist_info.is_main)
-    cfg, ckpt = resolve_config(Stage1Config, args, "vqgan")
-    run_dir = prepare_run_dir(cfg, resuming=ckpt is not None, is_main=dist_info.is_main)
-    device = select_device(cfg.train.device, dist_info)
+    run = start_run(argv, Stage1Config, "vqgan", "train_vqgan.py", "configs/shapes_vqgan.yaml",
+                    "Train a VQGAN (stage 1).")
+    cfg, ckpt, device, dist_info, log = run.cfg, run.ckpt, run.device, run.dist, run.log
+    prepare_run_dir(run)
     t, lc = cfg.train, cfg.loss
 
     # ---------------------------------------------------------------- data
@@ -95,7 +92,7 @@ def train(argv=None):
 
     # ---------------------------------------------------------------- models and losses
     torch.manual_seed(cfg.run.seed)  # identical initialisation on every rank
-    model = VQGAN(cfg.model, cfg.data.image_size, cfg.data.channels).to(device)
+    model = VQGAN(cfg.model).to(device)
     disc = PatchDiscriminator(cfg.data.channels, lc.disc_channels, lc.disc_layers).to(device)
     lpips = LPIPS(lc.lpips_vgg_weights).to(device) if lc.perceptual_weight > 0 else None  # fails here when offline
     inception = InceptionFeatures().to(device) if t.rfid else None
@@ -106,18 +103,13 @@ def train(argv=None):
     d_scaler = torch.amp.GradScaler(device.type, enabled=t.precision == "fp16")
     ema = EMA(model, t.ema_decay) if t.ema_decay > 0 else None
     if ckpt is not None:
-        model.load_state_dict(ckpt["model"], strict=True)
-        disc.load_state_dict(ckpt["disc"], strict=True)
-        opt.load_state_dict(ckpt["optimizer"])
-        d_opt.load_state_dict(ckpt["disc_optimizer"])
-        scaler.load_state_dict(ckpt["scaler"])
-        d_scaler.load_state_dict(ckpt["disc_scaler"])
+        restore(ckpt, model=model, disc=disc, optimizer=opt, disc_optimizer=d_opt, scaler=scaler,
+                disc_scaler=d_scaler)
         if ema is not None:
             ema.load_state_dict(ckpt["ema"] if ckpt.get("ema") is not None else ckpt["model"])
-    step, epoch, batch_in_epoch = start_position(ckpt, cfg.run.seed, dist_info.rank, device)
+    step, epoch, batch_in_epoch = start_position(run)
     del ckpt
-    if dist_info.is_main:
-        dump_yaml(cfg, os.path.join(run_dir, "config.yaml"))
+    write_config(run)
     fwd_model = torch.compile(model) if t.compile else model
     if dist_info.enabled:
         # the codebook keeps its own counters in sync (step_update), so buffers are not broadcast
@@ -127,35 +119,30 @@ def train(argv=None):
         d_train = disc
     ctx = autocast_context(device, t.precision)
     weights = LossWeights(lc.l1_weight, lc.l2_weight, lc.perceptual_weight, lc.codebook_weight, lc.disc_weight)
-    logger = RunLogger(run_dir, dist_info.is_main)
     stop = StopSignal()
     n_params = sum(p.numel() for p in model.parameters())
-    log.info(f"run folder {run_dir} | {device} {t.precision} x{dist_info.world_size} | VQGAN {n_params / 1e6:.2f}M "
+    log.info(f"run folder {run.dir} | {device} {t.precision} x{dist_info.world_size} | VQGAN {n_params / 1e6:.2f}M "
              f"params, {cfg.model.codebook_size} codes x {cfg.model.codebook_dim} | {len(train_set)} train / "
              f"{len(val_set)} val images | {'resuming at step ' + str(step) if step else 'from scratch'}")
+    logger = RunLogger(run.dir, dist_info.is_main, t.max_steps, step, "stage 1")
 
-    def save(final_step: int) -> None:
-        rng = gather_rng_states(device)  # a collective: every rank takes part
-        if not dist_info.is_main:
-            return
-        state = {"kind": "vqgan", "format": FORMAT, "config": to_dict(cfg), "model": model.state_dict(),
-                 "step": final_step, "optimizer": opt.state_dict(), "disc": disc.state_dict(),
-                 "disc_optimizer": d_opt.state_dict(), "scaler": scaler.state_dict(),
-                 "disc_scaler": d_scaler.state_dict(), "ema": ema.state_dict() if ema else None,
-                 "rng": rng, "data": {"epoch": epoch, "batch": batch_in_epoch}}
-        save_run_checkpoint(state, run_dir, final_step, t.keep_last)
+    def save(at_step: int) -> None:
+        save_checkpoint(run, at_step, epoch, batch_in_epoch, model_args=model.model_args, model=model.state_dict(),
+                        optimizer=opt.state_dict(), disc=disc.state_dict(), disc_optimizer=d_opt.state_dict(),
+                        scaler=scaler.state_dict(), disc_scaler=d_scaler.state_dict(),
+                        ema=ema.state_dict() if ema else None)
 
     def validate(at_step: int) -> dict:
-        rng = torch.get_rng_state()  # evaluation must not move the training RNG
-        net = ema.model if ema is not None else model
-        metrics, (x, x_rec) = evaluate(net, val_loader, device, ctx, lpips, inception, t.eval_batches)
-        torch.set_rng_state(rng)
+        with rng_kept():
+            net = ema.model if ema is not None else model
+            metrics, (x, x_rec) = evaluate(net, val_loader, device, ctx, lpips, inception, t.eval_batches)
         model.train()
         metrics = {"step": at_step, **metrics}
         logger.scalars("val", {k: v for k, v in metrics.items() if k != "step"}, at_step)
         grid = make_grid(torch.cat([x, x_rec.clamp(-1, 1)]).add(1).div(2), nrow=x.shape[0], padding=1)
         logger.image("val/inputs_above_reconstructions", grid, at_step)
         logger.metrics(metrics)
+        log.info(f"step {at_step}: {figures(metrics)}")
         return metrics
 
     # ---------------------------------------------------------------- the loop
@@ -165,16 +152,12 @@ def train(argv=None):
     sums, n_sums = {}, 0
     t_log, images_since = time.time(), 0
     metrics = {}
-    bar = tqdm(total=t.max_steps, initial=step, disable=not dist_info.is_main, dynamic_ncols=True, desc="stage 1")
     sampler.set_epoch(epoch, batch_in_epoch * micro)
     train_set.set_epoch(epoch)
     data_iter = iter(train_loader)
-    while step < t.max_steps:
-        scale = lr_factor(step, t.warmup_steps, t.max_steps, t.lr_schedule, t.min_lr_ratio)
-        for g in opt.param_groups:
-            g["lr"] = t.lr * scale
-        for g in d_opt.param_groups:
-            g["lr"] = d_lr * scale
+    stopping = False
+    while step < t.max_steps and not stopping:
+        set_lr(step, t, (opt, t.lr), (d_opt, d_lr))
         gan_on = step >= lc.disc_start
         for k in range(t.grad_accum):
             try:
@@ -208,32 +191,18 @@ def train(argv=None):
                 sums[name] = sums.get(name, 0.0) + v.detach().float()
             n_sums += 1
 
-        # one sync per step: agree on stopping (a signal on any rank) and on a non-finite loss
-        flags = torch.stack([(~torch.isfinite(terms["total"])).float(),
-                             torch.tensor(float(stop.received is not None), device=device)])
-        all_reduce_sum(flags)
-        if flags[0].item() > 0:
-            parts = ", ".join(f"{k}={v.item():.4g}" for k, v in terms.items())
-            raise UserError(f"non-finite loss at step {step + 1} ({parts}); nothing was saved from this step, "
-                            f"'{run_dir}/checkpoints/last.pt' is the last good state; lower train.lr, "
-                            f"set train.grad_clip, or use train.precision=fp32")
-        for o, s, params in ((opt, scaler, model.parameters()), (d_opt, d_scaler, disc.parameters())):
-            if o is d_opt and not gan_on:
-                break
-            if t.grad_clip > 0:
-                s.unscale_(o)
-                torch.nn.utils.clip_grad_norm_(list(params), t.grad_clip)
-            s.step(o)
-            s.update()
-            o.zero_grad(set_to_none=True)
+        stopping = check_step(run, stop, terms, step)
+        optimizer_step(opt, scaler, list(model.parameters()), t.grad_clip)
+        if gan_on:
+            optimizer_step(d_opt, d_scaler, list(disc.parameters()), t.grad_clip)
         restarted = model.codebook.step_update()
         if ema is not None:
             ema.update(model)
         step += 1
         images_since += micro * t.grad_accum * dist_info.world_size
-        bar.update(1)
+        logger.bar.update(1)
 
-        if step % t.log_every == 0 or step == t.max_steps:
+        if due(step, t.log_every, t.max_steps):
             names = sorted(sums)
             vals = all_reduce_sum(torch.stack([sums[k] for k in names])) / (n_sums * dist_info.world_size)
             logged = dict(zip(names, vals.tolist()))
@@ -242,29 +211,11 @@ def train(argv=None):
             logged.update(lr=opt.param_groups[0]["lr"], images_per_sec=images_since / max(elapsed, 1e-9),
                           codebook_usage=used, perplexity=ppl, restarted_codes=restarted)
             logger.scalars("train", logged, step)
-            bar.set_postfix(loss=f"{logged['total']:.4f}", l1=f"{logged['l1']:.4f}", usage=f"{used:.2f}",
+            logger.bar.set_postfix(loss=f"{logged['total']:.4f}", l1=f"{logged['l1']:.4f}", usage=f"{used:.2f}",
                             img_s=f"{logged['images_per_sec']:.0f}")
             sums, n_sums, t_log, images_since = {}, 0, time.time(), 0
-        stopping = flags[1].item() > 0
-        if step % t.eval_every == 0 or step == t.max_steps:
-            metrics = validate(step)
-            log.info(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k != "step"))
-        if step % t.ckpt_every == 0 or step == t.max_steps or stopping:
-            save(step)
-        if stopping:
-            bar.close()
-            log.info(f"stopped by {stop.received or 'a signal on another rank'} at step {step}; checkpoint saved, "
-                     f"continue with: python train_vqgan.py --resume {run_dir}/checkpoints/last.pt")
-            logger.close()
-            return
-    bar.close()
-    if step == t.max_steps and not metrics:  # resumed at (or started past) the end: still evaluate and save
-        metrics = validate(step)
-        save(step)
-    logger.close()
-    if dist_info.is_main:
-        figures = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k != "step")
-        log.info(f"done: {step} steps; val {figures}; run folder {run_dir}")
+        metrics = evaluate_and_save(run, step, stopping, validate, save, metrics)
+    end_of_run(run, logger, step, stop if stopping else None, metrics, validate, save)
 
 
 if __name__ == "__main__":

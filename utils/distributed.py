@@ -63,14 +63,6 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def broadcast_object(obj, src: int = 0):
-    if dist.is_available() and dist.is_initialized():
-        box = [obj]
-        dist.broadcast_object_list(box, src=src)
-        return box[0]
-    return obj
-
-
 def gather_rng_states(device: torch.device) -> list:
     """Every rank's torch RNG states (CPU, and the device's when it is CUDA), for exact resume."""
     state = {"cpu": torch.get_rng_state()}

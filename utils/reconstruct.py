@@ -4,14 +4,13 @@
 """
 import argparse
 import os
-import sys
 
 import numpy as np
 import torch
 from PIL import Image
 
 from utils.data import FolderDataset, list_images
-from utils.errors import UserError
+from utils.errors import command
 from utils.metrics import psnr, ssim
 from vqgan.model import VQGAN
 
@@ -41,6 +40,7 @@ def reconstruct(checkpoint: str, images: str, out: str, batch_size: int = 16, de
             "codebook_size": model.codebook.codebook_size}
 
 
+@command
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", required=True)
@@ -49,11 +49,7 @@ def main(argv=None) -> None:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", default="cpu")
     args = p.parse_args(argv)
-    try:
-        r = reconstruct(args.checkpoint, args.images, args.out, args.batch_size, args.device)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    r = reconstruct(args.checkpoint, args.images, args.out, args.batch_size, args.device)
     print(f"{r['images']} images -> {args.out}: PSNR {r['psnr']:.2f} dB, SSIM {r['ssim']:.4f}, "
           f"{r['codes_used']}/{r['codebook_size']} codes used")
 

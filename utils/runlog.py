@@ -1,10 +1,11 @@
-"""Rank-0 logging: Python logging to the console, TensorBoard scalars and images, metrics.json."""
+"""Rank-0 logging: Python logging to the console, the progress bar, TensorBoard scalars and images, metrics.json."""
 import json
 import logging
 import os
 import sys
 
 import torch
+from tqdm import tqdm
 
 log = logging.getLogger("vqgan")
 
@@ -20,10 +21,11 @@ def setup_logging(is_main: bool) -> logging.Logger:
 
 
 class RunLogger:
-    """TensorBoard writer and metrics.json for one run folder; does nothing off the main process."""
+    """The progress bar, TensorBoard writer and metrics.json of one run; nothing off the main process."""
 
-    def __init__(self, run_dir: str, enabled: bool):
+    def __init__(self, run_dir: str, enabled: bool, max_steps: int, step: int, desc: str):
         self.run_dir, self.enabled, self.tb = run_dir, enabled, None
+        self.bar = tqdm(total=max_steps, initial=step, disable=not enabled, dynamic_ncols=True, desc=desc)
         if enabled:
             from torch.utils.tensorboard import SummaryWriter
             self.tb = SummaryWriter(run_dir)
@@ -49,10 +51,7 @@ class RunLogger:
             json.dump(values, f, indent=2)
         os.replace(tmp, path)
 
-    def flush(self) -> None:
-        if self.tb is not None:
-            self.tb.flush()
-
     def close(self) -> None:
+        self.bar.close()
         if self.tb is not None:
             self.tb.close()
