@@ -1,0 +1,4 @@
+"""python -m utils.benchmark: see utils/benchmark/cli.py."""
+from utils.benchmark.cli import main
+
+main()
