@@ -13,7 +13,7 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
 def tiny_model_config(**kw) -> VQGANConfig:
-    base = dict(ch=32, ch_mult=[1, 2], num_res_blocks=1, attn_resolutions=[8], z_channels=32,
+    base = dict(image_size=16, channels=3, ch=32, ch_mult=[1, 2], num_res_blocks=1, attn_resolutions=[8], z_channels=32,
                 codebook_size=16, codebook_dim=4, codebook_l2_norm=True, codebook_restart_after=2)
     base.update(kw)
     return VQGANConfig(**base)
@@ -22,7 +22,7 @@ def tiny_model_config(**kw) -> VQGANConfig:
 @pytest.fixture
 def tiny_vqgan():
     torch.manual_seed(0)
-    return VQGAN(tiny_model_config(), image_size=16, channels=3)
+    return VQGAN(tiny_model_config())
 
 
 def have_taming() -> bool:

@@ -1,7 +1,8 @@
 import pytest
 import yaml
 
-from utils.config import ConfigError, Stage1Config, dump_yaml, load_config, to_dict
+from utils.config import ConfigError, dump_yaml, load_config, to_dict
+from utils.stage1_config import Stage1Config
 
 
 def test_override_types():

@@ -10,10 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
-from utils.config import DataConfig
 from utils.data import (SHAPE_CLASSES, SHAPE_PALETTE, ArrayDataset, ResumableSampler, build_datasets, fit_size,
-                        read_idx, render_shapes)
+                        read_idx, render_shapes, to_tensor)
 from utils.errors import UserError
+from utils.stage1_config import DataConfig
 
 FASHION = "/usr/share/datasets/fashion-mnist"
 
@@ -105,9 +105,21 @@ def test_cifar_batches(tmp_path):
         d = pickle.load(f)
     ref = torch.from_numpy(d[b"data"][0].reshape(3, 32, 32).astype(np.float32)) / 127.5 - 1
     assert torch.allclose(va[0][0], ref) and va[0][1] == d[b"labels"][0]
-    # training flips are seeded by (seed, epoch, index): reproducible, and they change with the epoch
-    flips = [torch.equal(tr[i][0], tr[i][0]) for i in range(15)]
-    assert all(flips)
+    # training flips are seeded by (seed, epoch, index): reproducible, about half the images flipped in an epoch,
+    # other images flipped in another epoch; validation images never
+    def flipped(ds, epoch):
+        ds.set_epoch(epoch)
+        out = []
+        for i in range(len(ds)):
+            x, raw = ds[i][0], to_tensor(ds.images[i], 3)
+            assert torch.equal(x, ds[i][0]) and (torch.equal(x, raw) or torch.equal(x, raw.flip(-1)))
+            out.append(not torch.equal(x, raw))
+        return out
+    e0, e1 = flipped(tr, 0), flipped(tr, 1)
+    assert 2 <= sum(e0) <= 13 and e0 != e1 and e0 == flipped(tr, 0)
+    assert not any(flipped(va, 0))
+    plain, _ = build_datasets(cfg(dataset="cifar10", root=str(tmp_path)), seed=0, augment=False)
+    assert not any(flipped(plain, 1))  # stage 2 encodes images as they are
     os.remove(folder / "data_batch_3")
     with pytest.raises(UserError, match="missing .*data_batch_3"):
         build_datasets(cfg(dataset="cifar10", root=str(tmp_path)), seed=0)

@@ -15,9 +15,10 @@ def count(m):
 
 
 def test_imagenet_f16_parameter_counts():
-    cfg = VQGANConfig(ch=128, ch_mult=[1, 1, 2, 2, 4], num_res_blocks=2, attn_resolutions=[16], z_channels=256,
-                      codebook_size=1024, codebook_dim=256, codebook_l2_norm=False, codebook_restart_after=0)
-    m = VQGAN(cfg, image_size=256)
+    cfg = VQGANConfig(image_size=256, channels=3, ch=128, ch_mult=[1, 1, 2, 2, 4], num_res_blocks=2,
+                      attn_resolutions=[16], z_channels=256, codebook_size=1024, codebook_dim=256,
+                      codebook_l2_norm=False, codebook_restart_after=0)
+    m = VQGAN(cfg)
     assert count(m.encoder) == 29_298_176
     assert count(m.decoder) == 42_449_795
     assert count(m) == 72_141_699
@@ -27,7 +28,7 @@ def test_imagenet_f16_parameter_counts():
 
 
 def test_shapes_and_grayscale():
-    m = VQGAN(tiny_model_config(), image_size=16, channels=1)
+    m = VQGAN(tiny_model_config(channels=1))
     x = torch.rand(2, 1, 16, 16) * 2 - 1
     x_rec, loss, info = m(x)
     assert x_rec.shape == x.shape and loss.ndim == 0 and info["indices"].shape == (2, 8, 8)
@@ -175,7 +176,7 @@ def test_gan_losses_values():
 def test_generator_backward_equals_naive_autograd(with_disc):
     """The single-pass adaptive weight gives the gradients of the textbook formulation."""
     torch.manual_seed(0)
-    model = VQGAN(tiny_model_config(), image_size=16)
+    model = VQGAN(tiny_model_config())
     disc = PatchDiscriminator(3, 8, 2)
     lp = torch.nn.Conv2d(3, 3, 3, padding=1)  # a differentiable stand-in for LPIPS: (x, y) -> (N,)
     lpips = lambda a, b: (lp(a) - lp(b)).pow(2).mean(dim=(1, 2, 3))  # noqa: E731

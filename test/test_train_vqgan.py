@@ -47,7 +47,8 @@ def test_run_folder_and_checkpoint(tmp_path):
     assert torch.equal(ema.encoder.conv_in.weight, ck["ema"]["encoder.conv_in.weight"])
     assert not torch.equal(ema.encoder.conv_in.weight, raw.encoder.conv_in.weight)
     # the dumped config reloads to the same config
-    from utils.config import Stage1Config, load_config, to_dict
+    from utils.config import load_config, to_dict
+    from utils.stage1_config import Stage1Config
     assert to_dict(load_config(Stage1Config, os.path.join(d, "config.yaml"))) == ck["config"]
 
 

@@ -13,20 +13,20 @@ import transformer.tokens
 from conftest import ROOT
 from helpers import TINY_STAGE1, TINY_STAGE2, load, max_weight_diff, run_script
 from transformer.gpt import GPT, GPTConfig, KVCache, explicit_attention
-from transformer.sampling import _Stepper, filter_logits, sample, sample_grid, sliding_window_sample, window_origin
+from transformer.sampling import _Stepper, filter_logits, prefix_tokens, sample, window_origin
 from utils.errors import UserError
 
 
-def tiny_gpt(num_classes=0, block=12, K=10, seed=0):
+def tiny_gpt(num_classes=0, window=(3, 4), K=10, seed=0):
     torch.manual_seed(seed)
-    return GPT(GPTConfig(codebook_size=K, block_size=block, num_classes=num_classes, n_layer=2, n_head=2,
+    return GPT(GPTConfig(codebook_size=K, window=window, num_classes=num_classes, n_layer=2, n_head=2,
                          n_embd=16)).eval()
 
 
 def test_special_tokens_never_collide_with_codes():
-    u = GPTConfig(codebook_size=10, block_size=4)
-    assert u.start_token == 10 and u.vocab_size == 11
-    c = GPTConfig(codebook_size=10, block_size=4, num_classes=3)
+    u = GPTConfig(codebook_size=10, window=(2, 2))
+    assert u.start_token == 10 and u.vocab_size == 11 and u.block_size == 4
+    c = GPTConfig(codebook_size=10, window=(2, 2), num_classes=3)
     assert [c.class_token(i) for i in range(3)] == [10, 11, 12] and c.null_class_token == 13 and c.vocab_size == 14
     with pytest.raises(ValueError):
         c.start_token
@@ -41,7 +41,7 @@ def test_kv_cache_matches_full_forward():
     seq = torch.randint(0, 10, (3, 12))
     seq[:, 0] = torch.tensor([10, 11, 12])
     with torch.no_grad():
-        full = g(seq)  # (B, T, K)
+        full, _ = g(seq)  # (B, T, K)
         cache = KVCache(g.cfg, 3, "cpu", torch.float32)
         first = g.forward_cached(seq[:, :5], cache, 0)  # a prefill, then one token at a time
         assert (first - full[:, 4]).abs().max() < 1e-5
@@ -59,9 +59,9 @@ def test_cpu_bf16_attention_is_causal_and_close_to_fp32():
     other = seq.clone()
     other[:, 7:] = (other[:, 7:] + 1) % 10
     with torch.no_grad():
-        ref = g(seq)
+        ref, _ = g(seq)
         with torch.autocast("cpu", torch.bfloat16):
-            a, b = g(seq).float(), g(other).float()
+            a, b = g(seq)[0].float(), g(other)[0].float()
     assert torch.equal(a[:, :7], b[:, :7]) and not torch.equal(a[:, 7:], b[:, 7:])
     assert (a - ref).abs().max() < 0.05 * ref.abs().max()
 
@@ -83,6 +83,8 @@ def test_gpt_loss_and_weight_decay_groups():
     seq = torch.randint(0, 10, (2, 12))
     logits, loss = g(seq, seq)
     assert torch.allclose(loss, torch.nn.functional.cross_entropy(logits.reshape(-1, 10), seq.reshape(-1)))
+    same, none = g(seq)  # one return type: the loss is None without targets
+    assert none is None and torch.equal(same, logits)
     opt = g.configure_optimizer(1e-3, (0.9, 0.95), 0.1)
     decay = {id(p) for p in opt.param_groups[0]["params"]}
     assert id(g.blocks[0].attn.qkv.weight) in decay and id(g.head.weight) in decay
@@ -102,41 +104,74 @@ def test_filter_logits():
     assert cold[0, 0] > 0.999
 
 
+def reference_sample(g, batch, classes, temperature, top_k, top_p, cfg_scale, generator):
+    """Textbook autoregressive sampling of the model's whole window: the full sequence through the model for every
+    token, guidance from a second pass with the null class."""
+    prefix = prefix_tokens(g, batch, classes, "cpu")[:, None]
+    seq = torch.zeros(batch, 0, dtype=torch.long)
+    with torch.no_grad():
+        for _ in range(g.cfg.block_size):
+            logits = g(torch.cat([prefix, seq], 1))[0][:, -1]
+            if g.cfg.num_classes and cfg_scale != 1.0:
+                null = torch.full_like(prefix, g.cfg.null_class_token)
+                uncond = g(torch.cat([null, seq], 1))[0][:, -1]
+                logits = uncond + cfg_scale * (logits - uncond)
+            probs = filter_logits(logits, temperature, top_k, top_p)
+            seq = torch.cat([seq, torch.multinomial(probs, 1, generator=generator)], 1)
+    return seq.reshape(batch, *g.cfg.window)
+
+
 @pytest.mark.parametrize("num_classes, cfg_scale", [(0, 1.0), (3, 1.0), (3, 2.5)])
-def test_sliding_window_equals_sample_when_grid_is_window(num_classes, cfg_scale):
+def test_sampling_the_window_is_plain_autoregressive_sampling(num_classes, cfg_scale):
+    """With grid == window the sliding window never moves: the sampler is plain autoregressive sampling, with and
+    without the KV cache."""
     g = tiny_gpt(num_classes)
     classes = [2, 0] if num_classes else None
     kw = dict(temperature=1.3, top_k=7, top_p=0.95, cfg_scale=cfg_scale)
-    a = sample(g, 4, classes, generator=torch.Generator().manual_seed(5), **kw)
-    b = sliding_window_sample(g, 4, (3, 4), (3, 4), classes, generator=torch.Generator().manual_seed(5), **kw)
-    assert torch.equal(a.reshape(4, 3, 4), b)
-    c = sample(g, 4, classes, generator=torch.Generator().manual_seed(5), use_cache=False, **kw)
-    assert torch.equal(a, c)  # the cache changes nothing but speed
-    d = sample(g, 4, classes, generator=torch.Generator().manual_seed(6), **kw)
+    ref = reference_sample(g, 4, classes, generator=torch.Generator().manual_seed(5), **kw)
+    a = sample(g, 4, None, classes, generator=torch.Generator().manual_seed(5), **kw)
+    assert a.shape == (4, 3, 4) and torch.equal(a, ref)
+    b = sample(g, 4, (3, 4), classes, generator=torch.Generator().manual_seed(5), use_cache=False, **kw)
+    assert torch.equal(b, ref)
+    d = sample(g, 4, None, classes, generator=torch.Generator().manual_seed(6), **kw)
     assert not torch.equal(a, d)
 
 
 @pytest.mark.parametrize("num_classes, cfg_scale", [(0, 1.0), (3, 2.5)])
 def test_sliding_window_without_cache_gives_the_same_tokens(num_classes, cfg_scale):
-    g = tiny_gpt(num_classes, block=12)
+    g = tiny_gpt(num_classes)
     classes = [1, 2] if num_classes else None
     kw = dict(temperature=1.2, top_k=8, cfg_scale=cfg_scale)
-    a = sliding_window_sample(g, 2, (5, 7), (3, 4), classes, generator=torch.Generator().manual_seed(3), **kw)
-    b = sliding_window_sample(g, 2, (5, 7), (3, 4), classes, generator=torch.Generator().manual_seed(3),
-                              use_cache=False, **kw)
+    a = sample(g, 2, (5, 7), classes, generator=torch.Generator().manual_seed(3), **kw)
+    b = sample(g, 2, (5, 7), classes, generator=torch.Generator().manual_seed(3), use_cache=False, **kw)
     assert a.shape == (2, 5, 7) and torch.equal(a, b)  # the cache changes nothing but speed
-    c = sample_grid(g, 2, (5, 7), (3, 4), classes, generator=torch.Generator().manual_seed(3), use_cache=False, **kw)
-    assert torch.equal(a, c)
 
 
-def test_completion_keeps_the_given_tokens():
+@pytest.mark.parametrize("grid", [(3, 4), (5, 7)])
+def test_completion_keeps_the_given_tokens_and_continues_them(grid, monkeypatch):
+    """Completion keeps the first `start` positions, samples every later one exactly once, from contexts that hold
+    the given tokens: other given tokens give other predictions."""
     g = tiny_gpt()
-    given = torch.randint(0, 10, (2, 12))
-    out = sample(g, 2, tokens=given, start=6, generator=torch.Generator().manual_seed(0))
-    assert torch.equal(out[:, :6], given[:, :6])
-    out2 = sliding_window_sample(g, 2, (5, 7), (3, 4), tokens=torch.randint(0, 10, (2, 5, 7)), start=10,
-                                 generator=torch.Generator().manual_seed(0))
-    assert out2.shape == (2, 5, 7)
+    given = torch.randint(0, 10, (2, *grid), generator=torch.Generator().manual_seed(0))
+    start = grid[1] + 2  # the first row and two tokens of the second
+    seen = []
+    real = _Stepper.logits
+
+    def record(self, ctx, key):
+        out = real(self, ctx, key)
+        seen.append((ctx.clone(), out.clone()))
+        return out
+    monkeypatch.setattr(_Stepper, "logits", record)
+    out = sample(g, 2, grid, tokens=given, start=start, generator=torch.Generator().manual_seed(0))
+    flat, gflat = out.reshape(2, -1), given.reshape(2, -1)
+    assert torch.equal(flat[:, :start], gflat[:, :start])
+    assert len(seen) == grid[0] * grid[1] - start  # one prediction per sampled position, none for kept ones
+    assert torch.equal(seen[0][0][:, -2:], gflat[:, start - 2:start])  # the given tokens are its context
+    first = seen[0][1]
+    other = given.clone()
+    other.reshape(2, -1)[:, :start] = (gflat[:, :start] + 1) % 10
+    sample(g, 2, grid, tokens=other, start=start, generator=torch.Generator().manual_seed(0))
+    assert (seen[len(flat[0]) - start][1] - first).abs().max() > 1e-3
 
 
 def test_window_origin_borders_and_corners():
@@ -153,16 +188,16 @@ def test_window_origin_borders_and_corners():
 
 
 def test_sliding_window_conditions_on_tokens_before_it_inside_its_window(monkeypatch):
-    g = tiny_gpt(block=12)
+    g = tiny_gpt()
     seen = []
     real = _Stepper.logits
 
-    def record(self, context, key=None):
+    def record(self, context, key):
         seen.append((context.clone(), key))
         return real(self, context, key)
     monkeypatch.setattr(_Stepper, "logits", record)
     H, W, wh, ww = 5, 7, 3, 4
-    out = sliding_window_sample(g, 2, (H, W), (wh, ww), generator=torch.Generator().manual_seed(1))
+    out = sample(g, 2, (H, W), generator=torch.Generator().manual_seed(1))
     assert len(seen) == H * W
     for pos, (ctx, key) in enumerate(seen):
         i, j = divmod(pos, W)
@@ -174,11 +209,8 @@ def test_sliding_window_conditions_on_tokens_before_it_inside_its_window(monkeyp
 
 
 def test_sliding_window_errors():
-    g = tiny_gpt(block=12)
-    with pytest.raises(ValueError, match="does not match the model's block_size"):
-        sliding_window_sample(g, 1, (4, 4), (2, 2))
-    with pytest.raises(ValueError, match="smaller than the window"):
-        sliding_window_sample(g, 1, (2, 8), (3, 4))
+    with pytest.raises(ValueError, match="smaller than the window 3x4"):
+        sample(tiny_gpt(), 1, (2, 8))
 
 
 def test_crop_windows_and_inputs():
@@ -189,7 +221,7 @@ def test_crop_windows_and_inputs():
         r, c = divmod(int(seq[b, 0]) - b * 20, 5)
         assert torch.equal(seq[b], grids[b, r:r + 2, c:c + 3].reshape(-1))
     assert torch.equal(train_transformer.crop_windows(grids, (4, 5)), grids.reshape(2, -1))
-    cfg = GPTConfig(codebook_size=100, block_size=6, num_classes=3)
+    cfg = GPTConfig(codebook_size=100, window=(2, 3), num_classes=3)
     inp = train_transformer.make_inputs(seq, torch.tensor([2, 0]), cfg)
     assert inp[:, 0].tolist() == [102, 100] and torch.equal(inp[:, 1:], seq[:, :-1])
     inp = train_transformer.make_inputs(seq.repeat(500, 1), torch.zeros(1000, dtype=torch.long), cfg,
@@ -197,7 +229,7 @@ def test_crop_windows_and_inputs():
     assert 0.15 < (inp[:, 0] == 103).float().mean() < 0.25  # null class for ~20%
     changed = (inp[:, 1:] != seq.repeat(500, 1)[:, :-1]).float().mean()
     assert 0.4 < changed < 0.55  # ~half replaced by random codes (some by themselves)
-    u = GPTConfig(codebook_size=100, block_size=6)
+    u = GPTConfig(codebook_size=100, window=(2, 3))
     assert (train_transformer.make_inputs(seq, torch.tensor([-1, -1]), u)[:, 0] == 100).all()
 
 
@@ -262,22 +294,22 @@ def test_unconditional_class_error_and_stage1_changes(tmp_path, stage1):
     ckpt = f"{d}/checkpoints/last.pt"
     r = run_script("generate.py", "--checkpoint", ckpt, "--class", "1")
     assert r.returncode == 2 and "this model is unconditional" in r.stderr
-    # the stage-1 file changes (same architecture, other weights): a warning, and resume refuses
+    # the stage-1 file changes (same architecture, other weights): one rule everywhere, sampling and resuming refuse
     ck = load(s1)
     ck["model"]["decoder.conv_out.bias"] += 0.1
     torch.save(ck, s1)
     r = run_script("generate.py", "--checkpoint", ckpt, "--num", "1", "--out", str(tmp_path / "w.png"))
-    assert r.returncode == 0 and "has changed since this transformer was trained" in r.stderr
-    with pytest.raises(UserError, match="has changed since this run started"):
+    assert r.returncode == 2 and "has changed since this transformer was trained" in r.stderr
+    assert "Traceback" not in r.stderr and not os.path.exists(tmp_path / "w.png")
+    with pytest.raises(UserError, match="has changed since this transformer was trained"):
         train_transformer.train(["--resume", ckpt, "train.max_steps=4"])
-    # a different architecture: generate refuses
-    ck["config"]["model"]["codebook_size"] = 32
-    ck["model"]["codebook.embedding.weight"] = torch.zeros(32, 4)
-    for k in ("codebook.unused_steps", "codebook.window_counts"):
-        ck["model"][k] = torch.zeros(32, dtype=ck["model"][k].dtype)
-    torch.save(ck, s1)
+    from utils.visualize import main as visualize
+    with pytest.raises(SystemExit) as e:
+        visualize([d, "--out", str(tmp_path / "fig")])
+    assert e.value.code == 2
+    os.remove(s1)
     r = run_script("generate.py", "--checkpoint", ckpt)
-    assert r.returncode == 2 and "now holds a different model" in r.stderr
+    assert r.returncode == 2 and "the stage-1 checkpoint this transformer was trained on is missing" in r.stderr
 
 
 def test_token_cache_reused_and_invalidated(tmp_path, stage1, monkeypatch):
@@ -367,3 +399,43 @@ def test_visualize_renders_both_stages(tmp_path, stage1):
     with pytest.raises(SystemExit) as e:
         visualize.main([str(tmp_path / "nothing")])
     assert e.value.code == 2
+
+
+def test_stage2_config_is_completed_from_the_stage1_model():
+    from conftest import tiny_model_config
+    from utils.config import load_config
+    from utils.stage2_config import Stage2Config, complete_from_stage1, gpt_config
+    vq = tiny_model_config()  # 16x16 RGB images, f=2, 16 codes
+    cfg = load_config(Stage2Config, overrides=["model.class_conditional=true", "model.n_layer=2"])
+    assert cfg.data.image_size is None and cfg.data.channels is None
+    grid = complete_from_stage1(cfg, vq)
+    assert grid == (8, 8) and cfg.data.image_size == 16 and cfg.data.channels == 3
+    g = gpt_config(cfg, vq, grid, ["a", "b", "c"])
+    assert g == GPTConfig(codebook_size=16, window=(8, 8), num_classes=3, n_layer=2, n_head=4, n_embd=256)
+    assert g.vocab_size == 16 + 3 + 1 and g.block_size == 64
+    cfg = load_config(Stage2Config, overrides=["data.image_size=32", "model.window=[4,6]"])
+    assert complete_from_stage1(cfg, vq) == (16, 16)  # larger images, larger grids; the GPT sees windows
+    g = gpt_config(cfg, vq, (16, 16), ["a"])  # class names of the data, but an unconditional model
+    assert g.window == (4, 6) and g.num_classes == 0 and g.start_token == 16
+    with pytest.raises(UserError, match="data.dataset=shapes has no class labels; set model.class_conditional=false"):
+        gpt_config(load_config(Stage2Config, overrides=["model.class_conditional=true"]), vq, (8, 8), None)
+
+
+def test_checkpoints_without_model_args_still_load(tmp_path, stage1):
+    """Checkpoints written before `model_args` was stored rebuild the same models from their other entries."""
+    d = stage2(tmp_path, stage1, "old", "model.class_conditional=true", "train.max_steps=2")
+    new = f"{d}/checkpoints/last.pt"
+    ck = load(new)
+    assert GPTConfig(**ck["model_args"]) == GPT.from_checkpoint(new).cfg and ck["gpt_config"]["block_size"] == 64
+    old = str(tmp_path / "old_gpt.pt")
+    torch.save({k: v for k, v in ck.items() if k != "model_args"}, old)
+    assert GPT.from_checkpoint(old).cfg == GPT.from_checkpoint(new).cfg
+    s1 = load(stage1)
+    from vqgan.model import VQGAN, VQGANConfig
+    assert VQGAN(VQGANConfig(**s1["model_args"])).cfg == VQGAN.from_checkpoint(stage1).cfg  # one dict rebuilds it
+    s1_old = {k: v for k, v in s1.items() if k != "model_args"}
+    s1_old["config"] = {**s1["config"], "model": {k: v for k, v in s1["config"]["model"].items()
+                                                  if k not in ("image_size", "channels")}}
+    torch.save(s1_old, tmp_path / "old_vq.pt")
+    a, b = VQGAN.from_checkpoint(stage1), VQGAN.from_checkpoint(str(tmp_path / "old_vq.pt"))
+    assert a.cfg == b.cfg and all(torch.equal(a.state_dict()[k], v) for k, v in b.state_dict().items())
