@@ -6,6 +6,7 @@
 --grid larger than the trained window samples a larger image with the sliding window.
 """
 import argparse
+import difflib
 import math
 import os
 import time
@@ -15,6 +16,8 @@ from torchvision.utils import save_image
 
 from transformer.loading import load_transformer
 from transformer.sampling import decode_images, sample
+from utils.config import check_option
+from utils.data import CLASS_NAMES
 from utils.distributed import DistInfo, select_device
 from utils.errors import UserError, command
 
@@ -30,12 +33,38 @@ def parse_grid(text: str) -> tuple[int, int]:
     return h, w
 
 
+def class_names_of(ckpt: dict) -> list[str]:
+    """The class names a transformer checkpoint stores; checkpoints written before it stored them give those of
+    their dataset, where it has fixed ones."""
+    if ckpt.get("class_names"):
+        return list(ckpt["class_names"])
+    return list(CLASS_NAMES.get(ckpt["config"]["data"]["dataset"], ()))
+
+
+def class_index(text: str, num_classes: int, names: list[str]) -> int:
+    """--class as an index or a class name (exact, else ignoring case)."""
+    if num_classes == 0:
+        raise UserError("--class given, but this model is unconditional (trained without classes)")
+    if text.lstrip("-").isdigit():
+        if not 0 <= int(text) < num_classes:
+            raise UserError(f"--class {text} is out of range: this model has classes 0..{num_classes - 1}")
+        return int(text)
+    lower = [n.lower() for n in names]
+    if text in names or text.lower() in lower:
+        return names.index(text) if text in names else lower.index(text.lower())
+    listed = ", ".join(f"{i} {n}" for i, n in enumerate(names)) or f"0..{num_classes - 1} (no names stored)"
+    near = difflib.get_close_matches(text, names, n=1, cutoff=0.6)
+    raise UserError(f"--class '{text}' is not a class of this model; its classes: {listed}"
+                    + (f"; did you mean '{near[0]}'?" if near else ""))
+
+
 def generate(argv=None) -> None:
     p = argparse.ArgumentParser(description="Sample images from a trained transformer (stage 2).")
     p.add_argument("--checkpoint", default="runs/shapes_gpt/checkpoints/last.pt")
     p.add_argument("--num", type=int, default=8, help="number of images")
     p.add_argument("--grid", default=None, help="latent grid HxW in tokens (default: the trained window)")
-    p.add_argument("--class", dest="cls", type=int, default=None, help="class id (class-conditional models)")
+    p.add_argument("--class", dest="cls", default=None, metavar="C|NAME",
+                   help="class index or name (class-conditional models)")
     p.add_argument("--temperature", type=float, default=None)
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--top-p", type=float, default=None)
@@ -47,21 +76,18 @@ def generate(argv=None) -> None:
                    help="recompute the whole context for every token (slow: the speed without the cache)")
     p.add_argument("--device", default="auto")
     args = p.parse_args(argv)
-    if args.num < 1:
-        raise UserError(f"--num must be at least 1, got {args.num}")
-    device = select_device(args.device, DistInfo())
+    for name, value, bounds in (("--num", args.num, dict(min=1)), ("--temperature", args.temperature, dict(above=0)),
+                                ("--top-k", args.top_k, dict(min=1)), ("--top-p", args.top_p, dict(above=0, max=1)),
+                                ("--cfg-scale", args.cfg_scale, dict(min=0))):
+        check_option(name, value, **bounds)
+    device = select_device(args.device, DistInfo(), "--device ")
     gpt, vq, ckpt = load_transformer(args.checkpoint, device)
     window = gpt.cfg.window
     grid = parse_grid(args.grid) if args.grid else window
     if grid[0] < window[0] or grid[1] < window[1]:
         raise UserError(f"--grid {grid[0]}x{grid[1]} is smaller than the trained window {window[0]}x{window[1]}")
-    nc = gpt.cfg.num_classes
-    if args.cls is not None:
-        if nc == 0:
-            raise UserError("--class given, but this model is unconditional (trained without classes)")
-        if not 0 <= args.cls < nc:
-            raise UserError(f"--class {args.cls} is out of range: this model has classes 0..{nc - 1}")
-    classes = [args.cls] if args.cls is not None else None
+    cls = class_index(args.cls, gpt.cfg.num_classes, class_names_of(ckpt)) if args.cls is not None else None
+    classes = [cls] if cls is not None else None
     sc = ckpt["config"]["sample"]
     kw = dict(temperature=args.temperature if args.temperature is not None else sc["temperature"],
               top_k=args.top_k if args.top_k is not None else sc["top_k"],
@@ -79,7 +105,7 @@ def generate(argv=None) -> None:
     out = args.out
     if out is None:
         run_dir = os.path.dirname(os.path.dirname(os.path.abspath(args.checkpoint)))
-        tag = f"seed{args.seed}_{grid[0]}x{grid[1]}" + (f"_class{args.cls}" if args.cls is not None else "")
+        tag = f"seed{args.seed}_{grid[0]}x{grid[1]}" + (f"_class{cls}" if cls is not None else "")
         out = os.path.join(run_dir, "samples", f"samples_{tag}.png")
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     if args.num == 1:

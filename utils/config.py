@@ -29,6 +29,37 @@ def choices(*values, default):
     return field(default=default, metadata={"choices": values})
 
 
+def num(default=dataclasses.MISSING, *, min=None, max=None, above=None, below=None, factory=None):
+    """A numeric field (or a list of numbers, each checked) that must lie in a range: `min`/`max` inclusive,
+    `above`/`below` exclusive. None passes (for optional fields)."""
+    bounds = {"min": min, "max": max, "above": above, "below": below}
+    meta = {"range": {k: v for k, v in bounds.items() if v is not None}}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def _describe(r: dict) -> str:
+    lo = ("[", r["min"]) if "min" in r else ("(", r["above"]) if "above" in r else None
+    hi = (r["max"], "]") if "max" in r else (r["below"], ")") if "below" in r else None
+    if lo and hi:
+        return f"in {lo[0]}{lo[1]}, {hi[0]}{hi[1]}"
+    if lo:
+        return f"at least {lo[1]}" if lo[0] == "[" else f"above {lo[1]}"
+    return f"at most {hi[0]}" if hi[1] == "]" else f"below {hi[0]}"
+
+
+def check_option(name: str, value, **bounds) -> None:
+    """A command-line option's range, as for config keys: `check_option("--top-p", 1.5, above=0, max=1)`."""
+    if not _in_range(value, bounds):
+        raise ConfigError(f"{name} {value} is out of range: must be {_describe(bounds)}")
+
+
+def _in_range(v, r: dict) -> bool:
+    return v is None or not (("min" in r and v < r["min"]) or ("max" in r and v > r["max"])
+                             or ("above" in r and v <= r["above"]) or ("below" in r and v >= r["below"]))
+
+
 def load_config(cls, path: Optional[str] = None, overrides: typing.Sequence[str] = (),
                 base: Optional[dict] = None, base_name: str = "checkpoint"):
     """Defaults of `cls`, then `base` (a plain dict, e.g. from a checkpoint), then the YAML file at
@@ -126,6 +157,10 @@ def _set(cfg, key: str, value: Any, source: str, raw_text: bool = False) -> None
         near = difflib.get_close_matches(str(value), [str(c) for c in f.metadata["choices"]], n=1)
         raise ConfigError(f"{key}={value!r} in {source} is not one of: {opts}"
                           + (f"; did you mean '{near[0]}'?" if near else ""))
+    r = f.metadata.get("range")
+    if r and not all(_in_range(v, r) for v in (value if isinstance(value, list) else [value])):
+        every = "every element " if isinstance(value, list) else ""
+        raise ConfigError(f"{key}={value} in {source} is out of range: {every}must be {_describe(r)}")
     setattr(obj, f.name, value)
 
 

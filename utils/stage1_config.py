@@ -3,10 +3,10 @@
 The `model` section is the VQGAN's own config (`vqgan.model.VQGANConfig`); `run`, `data` and the shared
 part of `train` are reused by the stage-2 schema.
 """
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Optional
 
-from utils.config import ConfigError, choices
+from utils.config import ConfigError, choices, num
 from vqgan.discriminator import PatchDiscriminator
 from vqgan.model import VQGANConfig
 
@@ -15,7 +15,7 @@ from vqgan.model import VQGANConfig
 class RunConfig:
     name: str = "shapes_vqgan"
     out_dir: str = "runs"
-    seed: int = 0
+    seed: int = num(0, min=0)
 
 
 @dataclass
@@ -23,65 +23,64 @@ class DataConfig:
     dataset: str = choices("shapes", "mnist", "fashion_mnist", "cifar10", "folder", default="shapes")
     root: str = "data"                  # dataset files (mnist/fashion_mnist/cifar10) or the image tree (folder)
     val_root: Optional[str] = None      # folder only: a separate validation tree instead of val_fraction
-    val_fraction: float = 0.05          # folder only: deterministic held-out fraction (at least one image)
-    image_size: int = 32
+    val_fraction: float = num(0.05, min=0, below=1)  # folder only: deterministic held-out fraction (at least one image)
+    image_size: int = num(32, min=1)
     channels: int = choices(1, 3, default=3)
-    batch_size: int = 32
-    num_workers: int = 0
+    batch_size: int = num(32, min=1)
+    num_workers: int = num(0, min=0)
     download: bool = False              # torchvision datasets: download into root when missing
-    num_train: int = 8000               # shapes only: generated training images
-    num_val: int = 512                  # shapes only: generated validation images
+    labels: str = choices("none", "subfolders", default="none")  # folder only: classes from first-level subfolders
+    num_train: int = num(8000, min=1)   # shapes only: generated training images
+    num_val: int = num(512, min=1)      # shapes only: generated validation images
 
 
 @dataclass
 class LossConfig:
-    l1_weight: float = 1.0
-    l2_weight: float = 0.0
-    perceptual_weight: float = 0.0      # LPIPS; 0 builds no VGG at all
+    l1_weight: float = num(1.0, min=0)
+    l2_weight: float = num(0.0, min=0)
+    perceptual_weight: float = num(0.0, min=0)  # LPIPS; 0 builds no VGG at all
     lpips_vgg_weights: str = "imagenet"  # "imagenet" (torchvision download), a local VGG16 state dict, or "random"
-    codebook_weight: float = 1.0
-    disc_weight: float = 0.8            # multiplies the adaptive weight
-    disc_start: int = 2000              # optimizer step at which the GAN terms switch on
+    codebook_weight: float = num(1.0, min=0)
+    disc_weight: float = num(0.8, min=0)  # multiplies the adaptive weight
+    disc_start: int = num(2000, min=0)  # optimizer step at which the GAN terms switch on
     disc_loss: str = choices("hinge", "vanilla", default="hinge")
-    disc_layers: int = 3
-    disc_channels: int = 64
-    disc_lr: Optional[float] = None     # defaults to train.lr
+    disc_layers: int = num(3, min=1)
+    disc_channels: int = num(64, min=1)
+    disc_lr: Optional[float] = num(None, above=0)  # defaults to train.lr
 
 
 @dataclass
 class BaseTrainConfig:
     """The `train` keys of both stages."""
-    lr: float = 2e-4
-    betas: list[float] = field(default_factory=lambda: [0.5, 0.9])
-    weight_decay: float = 0.0
-    warmup_steps: int = 0
+    lr: float = num(2e-4, above=0)
+    betas: list[float] = num(factory=lambda: [0.5, 0.9], min=0, below=1)
+    weight_decay: float = num(0.0, min=0)
+    warmup_steps: int = num(0, min=0)
     lr_schedule: str = choices("constant", "cosine", default="constant")
-    min_lr_ratio: float = 0.1           # cosine floor, as a fraction of lr
-    grad_clip: float = 0.0              # max global grad norm; 0 = off
-    grad_accum: int = 1
-    max_steps: int = 3000
-    log_every: int = 50
-    eval_every: int = 500
-    ckpt_every: int = 500
-    keep_last: int = 0                  # periodic step_XXXXXXX.pt kept besides last.pt; 0 = none
-    precision: str = choices("fp32", "bf16", "fp16", default="fp32")
+    min_lr_ratio: float = num(0.1, min=0, max=1)  # cosine floor, as a fraction of lr
+    grad_clip: float = num(0.0, min=0)  # max global grad norm; 0 = off
+    grad_accum: int = num(1, min=1)
+    max_steps: int = num(3000, min=0)
+    log_every: int = num(50, min=1)
+    eval_every: int = num(500, min=1)
+    ckpt_every: int = num(500, min=1)
+    keep_last: int = num(0, min=0)      # periodic step_XXXXXXX.pt kept besides last.pt; 0 = none
+    precision: str = choices("auto", "fp32", "bf16", "fp16", default="auto")  # auto: bf16 where the hardware
+                                        # computes it natively (CUDA with bf16, CPUs with avx512_bf16/amx_bf16), else
+                                        # fp16 on CUDA and fp32 on CPUs (utils/precision.py)
     compile: bool = False
     device: str = "auto"                # auto | cpu | cuda | cuda:N | mps
-    eval_batches: int = 0               # validation batches per evaluation; 0 = the whole val split
+    eval_batches: int = num(0, min=0)   # validation batches per evaluation; 0 = the whole val split
+    init_from: Optional[str] = None     # a checkpoint of this stage whose weights a new run starts from (fine-tuning)
 
     def check(self, where: str) -> None:
-        for key in ("log_every", "eval_every", "ckpt_every", "grad_accum"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"train.{key} must be at least 1, got {getattr(self, key)} ({where})")
-        if self.max_steps < 0:
-            raise ConfigError(f"train.max_steps must be >= 0, got {self.max_steps} ({where})")
         if len(self.betas) != 2:
             raise ConfigError(f"train.betas must be a list of two floats, got {self.betas} ({where})")
 
 
 @dataclass
 class TrainConfig(BaseTrainConfig):
-    ema_decay: float = 0.0              # EMA of the autoencoder weights, used for validation; 0 = off
+    ema_decay: float = num(0.0, min=0, below=1)  # EMA of the autoencoder weights, used for validation; 0 = off
     rfid: bool = False                  # rFID on the val split (needs Inception weights)
 
 
@@ -92,6 +91,12 @@ class Stage1Config:
     model: VQGANConfig = field(default_factory=VQGANConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+    def init_keys(self, init: dict) -> list[str]:
+        """The keys a train.init_from checkpoint fixes: its model section, the image channels, and the
+        discriminator's shape when it carries a discriminator."""
+        keys = [f"model.{f.name}" for f in fields(VQGANConfig)] + ["data.channels"]
+        return keys + (["loss.disc_layers", "loss.disc_channels"] if init.get("disc") is not None else [])
 
     def check(self, where: str) -> None:
         """Impossible combinations are errors; model.image_size and model.channels left null take the data's."""

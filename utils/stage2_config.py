@@ -3,11 +3,11 @@
 `run` and `data` are the stage-1 sections (the data section's image size and channels default to the
 stage-1 model's); `model` holds the GPT's size, `sample` the settings samples are drawn with.
 """
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Optional, Sequence
 
 from transformer.gpt import GPTConfig
-from utils.config import ConfigError, choices
+from utils.config import ConfigError, choices, num
 from utils.errors import UserError
 from utils.stage1_config import BaseTrainConfig, DataConfig, RunConfig
 from vqgan.model import VQGANConfig
@@ -20,41 +20,40 @@ class Stage1Ref:
 
 @dataclass
 class TokenDataConfig(DataConfig):
-    image_size: Optional[int] = None    # None: the stage-1 model's
+    image_size: Optional[int] = num(None, min=1)  # None: the stage-1 model's
     channels: Optional[int] = choices(None, 1, 3, default=None)  # None: the stage-1 model's
-    batch_size: int = 64
-    num_workers: int = 0                # used only while encoding the dataset once
+    batch_size: int = num(64, min=1)
 
 
 @dataclass
 class GPTSection:
-    n_layer: int = 4
-    n_head: int = 4
-    n_embd: int = 256
-    dropout: float = 0.0
-    window: list[int] = field(default_factory=list)  # [h, w] tokens per training crop; [] = the whole grid
+    n_layer: int = num(4, min=1)
+    n_head: int = num(4, min=1)
+    n_embd: int = num(256, min=1)
+    dropout: float = num(0.0, min=0, below=1)
+    window: list[int] = num(factory=list, min=1)  # [h, w] tokens per training crop; [] = the whole grid
     class_conditional: bool = False
 
 
 @dataclass
 class SampleConfig:
-    temperature: float = 1.0
-    top_k: Optional[int] = None
-    top_p: Optional[float] = None
-    cfg_scale: float = 1.0              # classifier-free guidance (class-conditional models)
-    num: int = 8                        # images sampled at each evaluation
+    temperature: float = num(1.0, above=0)
+    top_k: Optional[int] = num(None, min=1)
+    top_p: Optional[float] = num(None, above=0, max=1)
+    cfg_scale: float = num(1.0, min=0)  # classifier-free guidance (class-conditional models)
+    num: int = num(8, min=1)            # images sampled at each evaluation
 
 
 @dataclass
 class Train2Config(BaseTrainConfig):
-    lr: float = 3e-4
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
-    weight_decay: float = 0.1
-    warmup_steps: int = 100
+    lr: float = num(3e-4, above=0)
+    betas: list[float] = num(factory=lambda: [0.9, 0.95], min=0, below=1)
+    weight_decay: float = num(0.1, min=0)
+    warmup_steps: int = num(100, min=0)
     lr_schedule: str = choices("constant", "cosine", default="cosine")
-    grad_clip: float = 1.0
-    pkeep: float = 1.0                  # probability of keeping each input token (else a random code)
-    class_dropout: float = 0.1          # probability of the null class, for classifier-free guidance
+    grad_clip: float = num(1.0, min=0)
+    pkeep: float = num(1.0, above=0, max=1)  # probability of keeping each input token (else a random code)
+    class_dropout: float = num(0.1, min=0, below=1)  # probability of the null class, for classifier-free guidance
 
 
 @dataclass
@@ -66,17 +65,17 @@ class Stage2Config:
     sample: SampleConfig = field(default_factory=SampleConfig)
     train: Train2Config = field(default_factory=Train2Config)
 
+    def init_keys(self, init: dict) -> list[str]:
+        """The keys a train.init_from checkpoint fixes: its model section."""
+        return [f"model.{f.name}" for f in fields(GPTSection)]
+
     def check(self, where: str) -> None:
         w = self.model.window
-        if w and (len(w) != 2 or min(w) < 1):
+        if w and len(w) != 2:
             raise ConfigError(f"model.window must be [] (the whole grid) or [h, w] with h, w >= 1, got {w} ({where})")
         if self.model.n_embd % self.model.n_head:
             raise ConfigError(f"model.n_embd={self.model.n_embd} is not divisible by model.n_head="
                               f"{self.model.n_head} ({where})")
-        if not 0 < self.train.pkeep <= 1:
-            raise ConfigError(f"train.pkeep must be in (0, 1], got {self.train.pkeep} ({where})")
-        if not 0 <= self.train.class_dropout < 1:
-            raise ConfigError(f"train.class_dropout must be in [0, 1), got {self.train.class_dropout} ({where})")
         self.train.check(where)
 
 
@@ -111,3 +110,20 @@ def gpt_config(cfg: Stage2Config, vq: VQGANConfig, grid: tuple[int, int],
     return GPTConfig(codebook_size=vq.codebook_size, window=tuple(m.window) or grid,
                      num_classes=len(class_names) if m.class_conditional else 0,
                      n_layer=m.n_layer, n_head=m.n_head, n_embd=m.n_embd, dropout=m.dropout)
+
+
+def check_init_layout(init: GPTConfig, gcfg: GPTConfig, path: str) -> None:
+    """A transformer that a new run starts from (train.init_from) must read the same tokens: the same vocabulary
+    (codes and classes) and the same sequence length (window)."""
+    where = f"train.init_from '{path}'"
+    if init.codebook_size != gcfg.codebook_size:
+        raise UserError(f"{where} predicts {init.codebook_size} codes, this stage-1 model has {gcfg.codebook_size}: "
+                        "a changed vocabulary; start from a transformer over this stage-1 model's codes, or from scratch")
+    if init.num_classes != gcfg.num_classes:
+        raise UserError(f"{where} knows {init.num_classes} classes, this data has "
+                        f"{gcfg.num_classes}: a changed vocabulary ({init.vocab_size} tokens there, {gcfg.vocab_size} "
+                        "here)")
+    if init.window != gcfg.window:
+        raise UserError(f"{where} reads windows of {init.window[0]}x{init.window[1]} tokens, this run's are "
+                        f"{gcfg.window[0]}x{gcfg.window[1]}: a changed sequence length ({init.block_size} tokens "
+                        f"there, {gcfg.block_size} here); use images of the size it was trained on")

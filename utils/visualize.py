@@ -17,8 +17,7 @@ from torchvision.utils import make_grid, save_image
 
 from transformer.loading import load_transformer
 from transformer.sampling import decode_images, sample
-from transformer.tokens import cache_path, dataset_key
-from utils.config import load_config
+from utils.config import check_option, load_config
 from utils.data import build_datasets
 from utils.errors import UserError, command
 from utils.stage1_config import Stage1Config
@@ -102,8 +101,7 @@ def stage2_figures(ckpt_path: str, out: str, num: int, seed: int, scale: int = 1
     k = min(4, num)
     classes = (torch.arange(k) % nc).tolist() if nc else None
     save_grid(draw(k, (2 * window[0], 2 * window[1]), classes), paths[1], nrow=k, scale=scale, padding=2)
-    val_cache = cache_path(os.path.join(cfg.run.out_dir, "cache"), ckpt["stage1"]["sha256"],
-                           dataset_key(cfg.data, cfg.run.seed), "val")
+    val_cache = ckpt.get("token_cache", {}).get("val", "")  # the validation grids the run was scored on
     if os.path.isfile(val_cache) and grid == window:
         c = torch.load(val_cache, weights_only=True)
         k = min(num, len(c["tokens"]))
@@ -125,6 +123,8 @@ def main(argv=None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--scale", type=int, default=1, help="enlarge the image grids this many times (nearest)")
     args = p.parse_args(argv)
+    check_option("--num", args.num, min=1)
+    check_option("--scale", args.scale, min=1)
     ckpt_path = os.path.join(args.run_dir, "checkpoints", "last.pt")
     if not os.path.isfile(ckpt_path):
         raise UserError(f"no checkpoint at '{ckpt_path}': give a run folder (runs/<name>)")

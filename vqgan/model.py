@@ -3,13 +3,14 @@
 Only the autoencoder and codebook live here; the perceptual net and discriminator are training
 losses and are never part of a VQGAN checkpoint's model state.
 """
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from typing import Optional
 
 import torch
 import torch.nn as nn
 
 from utils.checkpoint import load_checkpoint_file
+from utils.config import num
 from utils.errors import UserError
 from vqgan.codebook import Codebook
 from vqgan.decoder import Decoder
@@ -19,20 +20,20 @@ from vqgan.encoder import Encoder
 @dataclass
 class VQGANConfig:
     """Everything a VQGAN is rebuilt from (stored in its checkpoint as `model_args`)."""
-    image_size: Optional[int] = None                  # the resolution the architecture is laid out for (where
+    image_size: Optional[int] = num(None, min=1)      # the resolution the architecture is laid out for (where
                                                       # attention sits); null in a stage-1 config: data.image_size
-    channels: Optional[int] = None                    # image channels; null in a stage-1 config: data.channels
-    ch: int = 64                                      # base channels
-    ch_mult: list[int] = field(default_factory=lambda: [1, 2, 2])  # per level; f = 2**(levels-1)
-    num_res_blocks: int = 2
-    attn_resolutions: list[int] = field(default_factory=lambda: [8])  # feature-map sides with attention
-    z_channels: int = 64
-    dropout: float = 0.0
-    codebook_size: int = 1024                         # number of codes
-    codebook_dim: int = 8                             # code vector size (official: embed_dim)
+    channels: Optional[int] = num(None, min=1)        # image channels; null in a stage-1 config: data.channels
+    ch: int = num(64, min=1)                          # base channels
+    ch_mult: list[int] = num(factory=lambda: [1, 2, 2], min=1)  # per level; f = 2**(levels-1)
+    num_res_blocks: int = num(2, min=1)
+    attn_resolutions: list[int] = num(factory=lambda: [8], min=1)  # feature-map sides with attention
+    z_channels: int = num(64, min=1)
+    dropout: float = num(0.0, min=0, below=1)
+    codebook_size: int = num(1024, min=2)             # number of codes
+    codebook_dim: int = num(8, min=1)                 # code vector size (official: embed_dim)
     codebook_l2_norm: bool = True                     # cosine lookup on unit-norm codes
-    codebook_beta: float = 0.25                       # weight of the commitment term
-    codebook_restart_after: int = 100                 # restart codes unused this many steps; 0 = never
+    codebook_beta: float = num(0.25, min=0)           # weight of the commitment term
+    codebook_restart_after: int = num(100, min=0)     # restart codes unused this many steps; 0 = never
 
     @property
     def downsample_factor(self) -> int:
