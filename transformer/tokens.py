@@ -1,9 +1,11 @@
 """Token grids of a dataset, encoded once by the frozen stage-1 model and cached on disk.
 
-The cache file is named by the stage-1 checkpoint's content hash, the dataset (with a short hash of
-the settings that define its images) and the split, so runs share it and a changed stage-1 model can
-never be paired with stale tokens.
+A cache file is named by the stage-1 checkpoint's content hash, the dataset with two short hashes (of the
+settings that define its images, and of its files: their sorted names, sizes and modification times), and
+the split. Runs share it; a changed stage-1 model or changed files can never be paired with stale tokens,
+and when the files of a dataset change, the run says so and encodes them again.
 """
+import glob
 import hashlib
 import json
 import os
@@ -15,17 +17,27 @@ from utils.checkpoint import save_atomic
 from utils.errors import UserError
 
 
-def dataset_key(data, seed: int) -> str:
-    """'{dataset}-{hash}': the dataset kind and a hash of every setting that changes its images."""
-    fields = {"dataset": data.dataset, "image_size": data.image_size, "channels": data.channels}
+def _digest(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def dataset_key(data, seed: int, datasets) -> str:
+    """'{dataset}-{settings}-{files}': the dataset kind, a hash of every setting that changes its images or labels,
+    and a hash of the files `datasets` were read from (path, size, modification time; cheap, no file is read)."""
+    settings = {"dataset": data.dataset, "image_size": data.image_size, "channels": data.channels,
+                "labels": data.labels}
     if data.dataset == "shapes":
-        fields.update(num_train=data.num_train, num_val=data.num_val, seed=seed)
+        settings.update(num_train=data.num_train, num_val=data.num_val, seed=seed)
     else:
-        fields.update(root=os.path.abspath(data.root))
+        settings.update(root=os.path.abspath(data.root))
     if data.dataset == "folder":
-        fields.update(val_root=data.val_root and os.path.abspath(data.val_root), val_fraction=data.val_fraction)
-    digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:8]
-    return f"{data.dataset}-{digest}"
+        settings.update(val_root=data.val_root and os.path.abspath(data.val_root), val_fraction=data.val_fraction)
+    files = []
+    for ds in datasets:
+        for path in getattr(ds, "sources", ()):
+            st = os.stat(path)
+            files.append([os.path.abspath(path), st.st_size, st.st_mtime_ns])
+    return f"{data.dataset}-{_digest(settings)}-{_digest(sorted(files))}"
 
 
 def cache_path(cache_dir: str, stage1_sha: str, key: str, split: str) -> str:
@@ -33,9 +45,9 @@ def cache_path(cache_dir: str, stage1_sha: str, key: str, split: str) -> str:
 
 
 @torch.inference_mode()
-def encode_dataset(vq, dataset, device, batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+def encode_dataset(vq, dataset, device, batch_size: int = 64, num_workers: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """(tokens (N, h, w) int16/int32, labels (N,) long) for every image of `dataset`, in order."""
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
     toks, labels = [], []
     dtype = torch.int16 if vq.codebook.codebook_size <= 32767 else torch.int32
     for x, y in loader:
@@ -44,7 +56,7 @@ def encode_dataset(vq, dataset, device, batch_size: int = 64) -> tuple[torch.Ten
     return torch.cat(toks), torch.cat(labels)
 
 
-def load_or_encode(path: str, vq, dataset, device, meta: dict, log=None) -> dict:
+def load_or_encode(path: str, vq, dataset, device, meta: dict, log=None, num_workers: int = 0) -> dict:
     """The cached {"tokens", "labels", "meta"} at `path`, or encode the dataset and write it there.
     A cache whose metadata disagrees with `meta` (codebook size, grid, stage-1 hash) is an error."""
     if os.path.isfile(path):
@@ -57,8 +69,13 @@ def load_or_encode(path: str, vq, dataset, device, meta: dict, log=None) -> dict
             log.info(f"token cache: {path} ({len(cached['tokens'])} grids)")
         return cached
     if log:
+        stale = sorted(glob.glob(path.rsplit("-", 1)[0] + "-*_" + path.rsplit("_", 1)[1]), key=os.path.getmtime)
+        if stale:
+            then = torch.load(stale[-1], map_location="cpu", weights_only=True)["meta"].get("files", "?")
+            log.info(f"token cache: the files of data.root changed since '{stale[-1]}' was written ({then} "
+                     f"files then, {meta.get('files', '?')} now, or other sizes or times): re-encoding")
         log.info(f"encoding {len(dataset)} images with the stage-1 model -> {path}")
-    tokens, labels = encode_dataset(vq, dataset, device)
+    tokens, labels = encode_dataset(vq, dataset, device, num_workers=num_workers)
     out = {"tokens": tokens, "labels": labels, "meta": meta}
     save_atomic(out, path)
     return out

@@ -1,13 +1,13 @@
 """Datasets for both stages: the built-in `shapes` set, MNIST-like IDX files, CIFAR-10 batches, image folders.
 
 Every dataset yields (image, label): image (C, H, W) float in [-1, 1] with the configured channels and size,
-label a long (-1 where there is none). Training augmentation draws from a generator seeded by
+label a long (-1 where there is none), and names its classes (`class_names`, None without labels) and the files
+it was read from (`sources`, for the token cache's key). Training augmentation draws from a generator seeded by
 (seed, epoch, index), so it is the same whatever the number of workers and across an exact resume.
 """
-import gzip
+import logging
 import math
 import os
-import pickle
 import warnings
 
 import numpy as np
@@ -15,16 +15,18 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
+from utils.datafiles import load_cifar10_split, load_idx_split
 from utils.errors import UserError
+from utils.shapes import SHAPE_CLASSES, render_shapes
 
+CLASS_NAMES = {
+    "shapes": SHAPE_CLASSES,
+    "mnist": tuple(str(d) for d in range(10)),
+    "fashion_mnist": ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                      "Ankle boot"),
+    "cifar10": ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"),
+}
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm")
-# Five shapes that stay distinct after 4x downsampling at 32x32: a hexagon, for one, differs from a circle by
-# about one pixel at this size and reconstructs as one, so the set has a ring instead.
-SHAPE_CLASSES = ("circle", "square", "triangle", "ring", "cross")
-# Ten named colours for shapes and backgrounds: few enough that the codes of a small codebook go to geometry rather
-# than to shades, distinct enough that every shape stands out from its background.
-SHAPE_PALETTE = np.array([(230, 40, 40), (245, 150, 30), (240, 220, 40), (50, 180, 70), (40, 200, 220),
-                          (40, 80, 220), (150, 60, 200), (240, 120, 190), (245, 245, 245), (30, 30, 40)], np.float32)
 
 
 def to_tensor(img: np.ndarray, channels: int) -> torch.Tensor:
@@ -51,61 +53,14 @@ def fit_size(img: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(Image.fromarray(img).resize((size, size), Image.BICUBIC))
 
 
-# ----------------------------------------------------------------------------- shapes
-
-def render_shapes(n: int, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """n RGB images (n, size, size, 3) uint8 of one shape each in a palette colour on a solid or gradient background,
-    with hard (aliased) edges, random size, position, quarter-turn and colours; labels index SHAPE_CLASSES."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
-    images = np.empty((n, size, size, 3), np.uint8)
-    labels = rng.integers(0, len(SHAPE_CLASSES), n)
-    for i in range(n):
-        i0, i1 = rng.choice(len(SHAPE_PALETTE), 2, replace=False)
-        c0, c1 = SHAPE_PALETTE[i0], SHAPE_PALETTE[i1]
-        if rng.random() < 0.5:  # linear gradient in a random direction
-            a = rng.uniform(0, 2 * np.pi)
-            t = ((xx * np.cos(a) + yy * np.sin(a)) / size * 0.7 + 0.5).clip(0, 1)[..., None]
-            bg = c0 * (1 - t) + c1 * t
-        else:
-            bg = np.broadcast_to(c0, (size, size, 3))
-        mean = bg.reshape(-1, 3).mean(0)  # a shape colour that stands out from the whole background
-        contrast = np.abs(SHAPE_PALETTE - mean).sum(1) > 120
-        contrast[[i0, i1]] = False  # nor equal to either end of a gradient
-        fg = SHAPE_PALETTE[rng.choice(np.flatnonzero(contrast))]
-        # r: the shape's half-extent (radius of circle and ring, arm of the cross, half a leg of the triangle, 4/3 of
-        # the square's half-side): even the smallest shape spans about 4 tokens at f=4
-        r = rng.uniform(0.25, 0.45) * size
-        cx, cy = rng.uniform(r, size - r, 2)
-        rot = rng.integers(4) * np.pi / 2  # quarter turns: edges stay aligned with the 4x4 token patches
-        dx, dy = xx - cx, yy - cy
-        u, v = dx * np.cos(rot) + dy * np.sin(rot), -dx * np.sin(rot) + dy * np.cos(rot)
-        kind = SHAPE_CLASSES[labels[i]]
-        if kind == "circle":
-            mask = dx ** 2 + dy ** 2 <= r ** 2
-        elif kind == "square":
-            mask = (np.abs(u) <= r * 0.75) & (np.abs(v) <= r * 0.75)
-        elif kind == "cross":
-            w = r * 0.3
-            mask = ((np.abs(u) <= w) & (np.abs(v) <= r)) | ((np.abs(v) <= w) & (np.abs(u) <= r))
-        elif kind == "ring":
-            rho = np.hypot(dx, dy)
-            mask = (rho <= r) & (rho >= r * 0.5)
-        else:  # right isosceles triangle, legs 2r along the axes (about the square's area), hypotenuse through (cx, cy)
-            mask = (u >= -r) & (v >= -r) & (u + v <= 0)
-        img = np.where(mask[..., None], fg, bg)
-        images[i] = img.clip(0, 255).astype(np.uint8)
-    return images, labels
-
-
 class ArrayDataset(Dataset):
     """In-memory uint8 images (N, H, W[, C]) with labels; optional random horizontal flip for training."""
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, size: int, channels: int,
-                 flip: bool = False, seed: int = 0, class_names=None):
+                 flip: bool = False, seed: int = 0, class_names=None, sources=()):
         self.images, self.labels = images, torch.as_tensor(labels, dtype=torch.long)
         self.size, self.channels, self.flip, self.seed, self.epoch = size, channels, flip, seed, 0
-        self.class_names = class_names
+        self.class_names, self.sources = class_names, list(sources)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -122,90 +77,6 @@ class ArrayDataset(Dataset):
 
 def _item_generator(seed: int, epoch: int, index: int) -> torch.Generator:
     return torch.Generator().manual_seed(((seed * 1_000_003 + epoch) * 1_000_033 + index) % (2 ** 63))
-
-
-# ----------------------------------------------------------------------------- MNIST-like IDX files
-
-_IDX = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
-        "val": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
-_TV_FOLDER = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}
-
-
-def read_idx(path: str) -> np.ndarray:
-    opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rb") as f:
-        data = f.read()
-    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
-        raise UserError(f"'{path}' is not an IDX file of unsigned bytes")
-    ndim = data[3]
-    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
-    arr = np.frombuffer(data, np.uint8, offset=4 + 4 * ndim)
-    if arr.size != math.prod(shape):
-        raise UserError(f"'{path}' is truncated: {arr.size} bytes for shape {shape}")
-    return arr.reshape(shape).copy()  # writable, so that torch can wrap it
-
-
-def _find_idx(root: str, name: str, dataset: str):
-    dirs = [root, os.path.join(root, "raw"), os.path.join(root, _TV_FOLDER[dataset], "raw")]
-    for d in dirs:
-        for fn in (name, name + ".gz"):
-            if os.path.isfile(os.path.join(d, fn)):
-                return os.path.join(d, fn)
-    return None
-
-
-def load_idx_split(dataset: str, root: str, split: str, download: bool):
-    paths = [_find_idx(root, n, dataset) for n in _IDX[split]]
-    if None in paths and download:
-        import torchvision.datasets as tvd
-        cls = tvd.MNIST if dataset == "mnist" else tvd.FashionMNIST
-        try:
-            cls(root, train=(split == "train"), download=True)
-        except Exception as e:
-            raise UserError(f"could not download {dataset} into '{root}' ({type(e).__name__}: {e}); "
-                            "put the four IDX files there yourself") from None
-        paths = [_find_idx(root, n, dataset) for n in _IDX[split]]
-    if None in paths:
-        where = ", ".join([root, os.path.join(root, "raw"), os.path.join(root, _TV_FOLDER[dataset], "raw")])
-        hint = ("apt-get install dataset-fashion-mnist, then data.root=/usr/share/datasets/fashion-mnist; "
-                if dataset == "fashion_mnist" else "")
-        raise UserError(f"{dataset}: no {_IDX[split][0]}[.gz] / {_IDX[split][1]}[.gz] in {where}; "
-                        f"{hint}or set data.download=true (needs internet)")
-    images, labels = read_idx(paths[0]), read_idx(paths[1])
-    if len(images) != len(labels):
-        raise UserError(f"{dataset}: {len(images)} images but {len(labels)} labels in '{os.path.dirname(paths[0])}'")
-    return images, labels
-
-
-# ----------------------------------------------------------------------------- CIFAR-10 python batches
-
-CIFAR_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
-
-
-def load_cifar10_split(root: str, split: str, download: bool):
-    folder = next((d for d in (os.path.join(root, "cifar-10-batches-py"), root)
-                   if os.path.isfile(os.path.join(d, "test_batch"))), None)
-    if folder is None and download:
-        import torchvision.datasets as tvd
-        try:
-            tvd.CIFAR10(root, train=True, download=True)
-        except Exception as e:
-            raise UserError(f"could not download cifar10 into '{root}' ({type(e).__name__}: {e})") from None
-        folder = os.path.join(root, "cifar-10-batches-py")
-    if folder is None:
-        raise UserError(f"cifar10: no cifar-10-batches-py/test_batch in '{root}' (nor directly in it); "
-                        "unpack cifar-10-python.tar.gz there or set data.download=true (needs internet)")
-    names = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
-    images, labels = [], []
-    for n in names:
-        p = os.path.join(folder, n)
-        if not os.path.isfile(p):
-            raise UserError(f"cifar10: missing '{p}'")
-        with open(p, "rb") as f:
-            d = pickle.load(f, encoding="bytes")  # the official distribution format
-        images.append(np.asarray(d[b"data"], np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
-        labels.extend(d[b"labels"])
-    return np.concatenate(images), np.asarray(labels)
 
 
 # ----------------------------------------------------------------------------- image folders
@@ -236,13 +107,37 @@ def _readable(path: str) -> bool:
         return False
 
 
+def subfolder_labels(root: str, files: list[str], classes=None) -> tuple[list[str], list[str], list[int]]:
+    """(class names, the files inside a class folder, their labels) with torchvision's ImageFolder convention:
+    the first-level subfolders of `root`, sorted, are the classes. `classes`: those of the training tree, which
+    a separate validation tree must use. Files directly in `root` belong to no class and are skipped (counted)."""
+    top = [os.path.relpath(f, root).split(os.sep)[0] if os.sep in os.path.relpath(f, root) else None for f in files]
+    if classes is None:
+        classes = sorted({t for t in top if t is not None})
+    if not classes:
+        raise UserError(f"data.labels=subfolders but '{root}' has no subfolder with images; put each class's images "
+                        "in a folder of its own (root/cat/..., root/dog/...)")
+    unknown = sorted({t for t in top if t is not None} - set(classes))
+    if unknown:
+        raise UserError(f"'{root}' has class folders the training images do not have: {unknown}")
+    loose = sum(t is None for t in top)
+    if loose:
+        warnings.warn(f"skipped {loose} image file(s) directly in '{root}': with data.labels=subfolders an image "
+                      "belongs to the class folder it is in")
+    kept = [(f, classes.index(t)) for f, t in zip(files, top) if t is not None]
+    return list(classes), [f for f, _ in kept], [label for _, label in kept]
+
+
 class FolderDataset(Dataset):
     """Images under a folder tree: resized on the shorter side, then centre-cropped (val) or randomly
-    cropped and flipped (train). `files` come from list_images, which has dropped unreadable ones."""
+    cropped and flipped (train). `files` come from list_images, which has dropped unreadable ones; `labels`
+    (one class index per file) from subfolder_labels."""
 
-    def __init__(self, files: list[str], size: int, channels: int, train: bool, seed: int = 0):
+    def __init__(self, files: list[str], size: int, channels: int, train: bool, seed: int = 0,
+                 labels=None, class_names=None):
         self.files, self.size, self.channels, self.train, self.seed, self.epoch = files, size, channels, train, seed, 0
-        self.class_names = None
+        self.labels = torch.as_tensor(labels if labels is not None else [-1] * len(files), dtype=torch.long)
+        self.class_names, self.sources = class_names, files
 
     def __len__(self) -> int:
         return len(self.files)
@@ -250,18 +145,19 @@ class FolderDataset(Dataset):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def _load(self, i: int) -> Image.Image:
+    def _load(self, i: int) -> tuple[Image.Image, int]:
+        """The image at i, or when it cannot be decoded the next one that can, and the index it came from."""
         for j in range(len(self.files)):  # a file that passed verify() may still be truncated: take the next
-            path = self.files[(i + j) % len(self.files)]
+            k = (i + j) % len(self.files)
             try:
-                with Image.open(path) as im:
-                    return im.convert("L" if self.channels == 1 else "RGB")
+                with Image.open(self.files[k]) as im:
+                    return im.convert("L" if self.channels == 1 else "RGB"), k
             except Exception:
-                warnings.warn(f"skipping unreadable image '{path}'")
+                warnings.warn(f"skipping unreadable image '{self.files[k]}'")
         raise UserError("no image in the dataset could be decoded")
 
     def __getitem__(self, i: int):
-        img = self._load(i)
+        img, k = self._load(i)
         w, h = img.size
         s = self.size / min(w, h)
         img = img.resize((max(self.size, round(w * s)), max(self.size, round(h * s))), Image.BICUBIC)
@@ -276,7 +172,7 @@ class FolderDataset(Dataset):
         x = to_tensor(np.asarray(img), self.channels)
         if self.train and torch.rand((), generator=g) < 0.5:
             x = x.flip(-1)
-        return x, torch.tensor(-1)
+        return x, self.labels[k]
 
 
 # ----------------------------------------------------------------------------- entry point and sampler
@@ -285,6 +181,8 @@ def build_datasets(data, seed: int, augment: bool = True):
     """(train, val) datasets for a DataConfig-like object `data`; augment=False gives the training
     split without random crops or flips (stage 2 encodes it once)."""
     kind, size, ch = data.dataset, data.image_size, data.channels
+    if kind != "folder" and data.labels != "none":
+        raise UserError(f"data.labels={data.labels} is for data.dataset=folder; {kind} has its own labels")
     if kind == "shapes":
         if size < 8:
             raise UserError(f"data.image_size={size} is too small for shapes (at least 8)")
@@ -293,17 +191,28 @@ def build_datasets(data, seed: int, augment: bool = True):
         return (ArrayDataset(*tr, size, ch, class_names=SHAPE_CLASSES),
                 ArrayDataset(*va, size, ch, class_names=SHAPE_CLASSES))
     if kind in ("mnist", "fashion_mnist"):
-        return tuple(ArrayDataset(*load_idx_split(kind, data.root, split, data.download), size, ch)
-                     for split in ("train", "val"))
+        out = []
+        for split in ("train", "val"):
+            images, labels, paths = load_idx_split(kind, data.root, split, data.download)
+            out.append(ArrayDataset(images, labels, size, ch, class_names=CLASS_NAMES[kind], sources=paths))
+        return tuple(out)
     if kind == "cifar10":
-        tr = ArrayDataset(*load_cifar10_split(data.root, "train", data.download), size, ch, flip=augment, seed=seed,
-                          class_names=CIFAR_CLASSES)
-        va = ArrayDataset(*load_cifar10_split(data.root, "val", data.download), size, ch, class_names=CIFAR_CLASSES)
-        return tr, va
+        names = CLASS_NAMES["cifar10"]
+        images, labels, paths = load_cifar10_split(data.root, "train", data.download)
+        tr = ArrayDataset(images, labels, size, ch, flip=augment, seed=seed, class_names=names, sources=paths)
+        images, labels, paths = load_cifar10_split(data.root, "val", data.download)
+        return tr, ArrayDataset(images, labels, size, ch, class_names=names, sources=paths)
     if kind == "folder":
         files = list_images(data.root)
+        classes, labels, val_labels = None, None, None
+        if data.labels == "subfolders":
+            classes, files, labels = subfolder_labels(data.root, files)
+            logging.getLogger("vqgan").info(f"{len(classes)} classes from the subfolders of '{data.root}': "
+                                            + ", ".join(f"{i} {c}" for i, c in enumerate(classes)))
         if data.val_root:
             val_files = list_images(data.val_root)
+            if classes is not None:
+                _, val_files, val_labels = subfolder_labels(data.val_root, val_files, classes)
         else:
             # a deterministic held-out set: every file whose position in a seeded shuffle falls in the fraction
             order = np.random.default_rng(12345).permutation(len(files))
@@ -311,9 +220,12 @@ def build_datasets(data, seed: int, augment: bool = True):
             if n_val >= len(files):
                 raise UserError(f"'{data.root}' has {len(files)} image(s): too few to hold out a validation set; "
                                 "add images or set data.val_root")
-            val_files = [files[i] for i in sorted(order[:n_val])]
-            files = [files[i] for i in sorted(order[n_val:])]
-        return FolderDataset(files, size, ch, augment, seed), FolderDataset(val_files, size, ch, False, seed)
+            held, kept = sorted(order[:n_val]), sorted(order[n_val:])
+            val_files, files = [files[i] for i in held], [files[i] for i in kept]
+            if labels is not None:
+                val_labels, labels = [labels[i] for i in held], [labels[i] for i in kept]
+        return (FolderDataset(files, size, ch, augment, seed, labels, classes),
+                FolderDataset(val_files, size, ch, False, seed, val_labels, classes))
     raise UserError(f"unknown data.dataset '{kind}'")
 
 
