@@ -23,12 +23,13 @@ from transformer.tokens import cache_path, dataset_key, load_or_encode
 from utils.data import ResumableSampler, build_datasets
 from utils.distributed import all_reduce_sum
 from utils.errors import UserError
+from utils.loop import (StopSignal, check_step, clip_gradients, due, end_of_run, evaluate_and_save, figures,
+                        keeps_signal_handlers, optimizer_step, rng_kept, set_lr)
 from utils.precision import autocast_context
 from utils.runlog import RunLogger
-from utils.stage2_config import Stage2Config, complete_from_stage1, gpt_config
-from utils.training import (StopSignal, check_step, due, end_of_run, evaluate_and_save, figures, main_guard,
-                            optimizer_step, prepare_run_dir, restore, rng_kept, save_checkpoint, set_lr, start_position,
-                            start_run, wrap_ddp, write_config)
+from utils.stage2_config import Stage2Config, check_init_layout, complete_from_stage1, gpt_config
+from utils.training import (load_init, main_guard, prepare_run_dir, restore, save_checkpoint, start_position, start_run,
+                            wrap_ddp, write_config)
 
 
 def crop_windows(grids: torch.Tensor, window, generator=None) -> torch.Tensor:
@@ -84,6 +85,7 @@ def evaluate_loss(model, grids, labels, gcfg, batch_size, device, ctx, max_batch
     return (tot[0] / tot[1].clamp_min(1)).item()
 
 
+@keeps_signal_handlers
 def train(argv=None):
     run = start_run(argv, Stage2Config, "transformer", "train_transformer.py", "configs/shapes_gpt.yaml",
                     "Train the transformer (stage 2) over VQGAN codes.")
@@ -95,10 +97,16 @@ def train(argv=None):
     vq, stage1_record = load_stage1(cfg.stage1.checkpoint, device, ckpt["stage1"] if ckpt else None)
     grid = complete_from_stage1(cfg, vq.cfg)
     train_set, val_set = build_datasets(d, cfg.run.seed, augment=False)  # encoded once: no random crops
-    gcfg = gpt_config(cfg, vq.cfg, grid, getattr(train_set, "class_names", None))
+    gcfg = gpt_config(cfg, vq.cfg, grid, train_set.class_names)
+    class_names = list(train_set.class_names)[:gcfg.num_classes] if gcfg.num_classes else None
     if ckpt is not None and GPTConfig(**model_args_of(ckpt)) != gcfg:
         raise UserError(f"the checkpoint's model {model_args_of(ckpt)} differs from the one this config and the "
                         f"stage-1 model give {asdict(gcfg)}; resume with the original settings")
+    if run.init is not None:
+        check_init_layout(GPTConfig(**model_args_of(run.init)), gcfg, t.init_from)
+        if run.init["stage1"]["sha256"] != stage1_record["sha256"]:
+            log.warning(f"warning: train.init_from '{t.init_from}' was trained over another stage-1 checkpoint "
+                        f"('{run.init['stage1']['checkpoint']}'); its codes mean what that model's codes meant")
     micro = d.batch_size
     sampler = ResumableSampler(len(train_set), cfg.run.seed, dist_info.rank, dist_info.world_size)
     if sampler.per_rank < micro:
@@ -107,14 +115,14 @@ def train(argv=None):
 
     # ---------------------------------------------------------------- the token cache
     cache_dir = os.path.join(cfg.run.out_dir, "cache")
-    key = dataset_key(d, cfg.run.seed)
+    key = dataset_key(d, cfg.run.seed, (train_set, val_set))
     meta = {"stage1_sha256": stage1_record["sha256"], "codebook_size": vq.cfg.codebook_size, "grid": list(grid),
-            "dataset": key}
-    data = {}
+            "dataset": key, "files": len(train_set.sources) + len(val_set.sources)}
+    data, token_cache = {}, {}
     for split, ds in (("train", train_set), ("val", val_set)):
-        path = cache_path(cache_dir, stage1_record["sha256"], key, split)
+        path = token_cache[split] = cache_path(cache_dir, stage1_record["sha256"], key, split)
         if dist_info.is_main:  # one process encodes; the others wait, then read
-            data[split] = load_or_encode(path, vq, ds, device, {**meta, "split": split}, log)
+            data[split] = load_or_encode(path, vq, ds, device, {**meta, "split": split}, log, d.num_workers)
         if dist_info.enabled:
             dist.barrier()
         if not dist_info.is_main:
@@ -126,8 +134,10 @@ def train(argv=None):
     # ---------------------------------------------------------------- model
     torch.manual_seed(cfg.run.seed)
     model = GPT(gcfg).to(device)
+    if run.init is not None:
+        load_init(run, model=model)
     opt = model.configure_optimizer(t.lr, t.betas, t.weight_decay)
-    scaler = torch.amp.GradScaler(device.type, enabled=t.precision == "fp16")
+    scaler = torch.amp.GradScaler(device.type, enabled=run.precision == "fp16")
     if ckpt is not None:
         restore(ckpt, model=model, optimizer=opt, scaler=scaler)
     step, epoch, batch_in_epoch = start_position(run)
@@ -136,10 +146,10 @@ def train(argv=None):
     fwd = torch.compile(model) if t.compile else model
     if dist_info.enabled:
         fwd = wrap_ddp(fwd, device)
-    ctx = autocast_context(device, t.precision)
+    ctx = autocast_context(device, run.precision)
     stop = StopSignal()
     n_params = sum(p.numel() for p in model.parameters())
-    log.info(f"run folder {run.dir} | {device} {t.precision} x{dist_info.world_size} | GPT {n_params / 1e6:.2f}M "
+    log.info(f"run folder {run.dir} | {device} {run.precision} x{dist_info.world_size} | GPT {n_params / 1e6:.2f}M "
              f"params, {gcfg.n_layer} layers x {gcfg.n_embd} | grid {grid[0]}x{grid[1]}, window "
              f"{window[0]}x{window[1]}, {gcfg.codebook_size} codes, {gcfg.num_classes or 'no'} classes | "
              f"{len(train_grids)} train / {len(val_grids)} val grids")
@@ -150,7 +160,8 @@ def train(argv=None):
     def save(at_step: int) -> None:
         save_checkpoint(run, at_step, epoch, batch_in_epoch, model_args=model.model_args,
                         gpt_config=legacy_gpt_config(gcfg), model=model.state_dict(), optimizer=opt.state_dict(),
-                        scaler=scaler.state_dict(), stage1=stage1_record, window=list(window), grid=list(grid))
+                        scaler=scaler.state_dict(), stage1=stage1_record, window=list(window), grid=list(grid),
+                        class_names=class_names, token_cache=token_cache)
 
     def validate(at_step: int) -> dict:
         with rng_kept():
@@ -183,6 +194,7 @@ def train(argv=None):
     stopping = False
     while step < t.max_steps and not stopping:
         set_lr(step, t, (opt, t.lr))
+        micro_terms = []
         for k in range(t.grad_accum):
             sel = [i for _, i in zip(range(micro), order)]
             if len(sel) < micro:  # epoch exhausted (the tail shorter than a batch is dropped)
@@ -198,10 +210,12 @@ def train(argv=None):
                 with ctx:
                     _, loss = fwd(inp.to(device, non_blocking=True), seq.to(device, non_blocking=True))
                 scaler.scale(loss / t.grad_accum).backward()
+            micro_terms.append({"cross_entropy": loss.detach()})
             sums += loss.detach()
             n_sums += 1
-        stopping = check_step(run, stop, {"cross_entropy": loss}, step)
-        optimizer_step(opt, scaler, model.parameters(), t.grad_clip)
+        norm = clip_gradients(opt, scaler, model.parameters(), t.grad_clip)
+        stopping = check_step(run, stop, step, micro_terms, {"grad_norm": norm})  # before the weights change
+        optimizer_step(opt, scaler)
         step += 1
         tokens_since += micro * t.grad_accum * dist_info.world_size * gcfg.block_size
         logger.bar.update(1)

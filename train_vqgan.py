@@ -13,13 +13,14 @@ from torchvision.utils import make_grid
 from utils.data import ResumableSampler, build_datasets
 from utils.distributed import all_reduce_sum
 from utils.errors import UserError
-from utils.metrics import InceptionFeatures, frechet_distance, mean_cov, psnr, ssim
+from utils.loop import (EMA, StopSignal, check_step, clip_gradients, due, end_of_run, evaluate_and_save, figures,
+                        keeps_signal_handlers, optimizer_step, rng_kept, set_lr)
+from utils.metrics import FeatureStats, InceptionFeatures, frechet_distance, psnr, ssim
 from utils.precision import autocast_context
 from utils.runlog import RunLogger
 from utils.stage1_config import Stage1Config
-from utils.training import (EMA, StopSignal, check_step, due, end_of_run, evaluate_and_save, figures, main_guard,
-                            optimizer_step, prepare_run_dir, restore, rng_kept, save_checkpoint, set_lr, start_position,
-                            start_run, wrap_ddp, write_config)
+from utils.training import (load_init, main_guard, prepare_run_dir, restore, save_checkpoint, start_position, start_run,
+                            wrap_ddp, write_config)
 from vqgan.codebook import usage_from_counts
 from vqgan.discriminator import PatchDiscriminator
 from vqgan.losses import LossWeights, discriminator_loss, generator_backward
@@ -34,7 +35,8 @@ def evaluate(model, loader, device, ctx, lpips=None, inception=None, max_batches
     K = model.codebook.codebook_size
     sums = torch.zeros(5, device=device, dtype=torch.float64)  # psnr, ssim, l1, lpips, count
     counts = torch.zeros(K, device=device)
-    first, feats_real, feats_fake = None, [], []
+    first = None
+    real, fake = (FeatureStats(2048, device), FeatureStats(2048, device)) if inception is not None else (None, None)
     for i, (x, _) in enumerate(loader):
         if max_batches and i >= max_batches:
             break
@@ -51,8 +53,8 @@ def evaluate(model, loader, device, ctx, lpips=None, inception=None, max_batches
         sums[4] += x.shape[0]
         counts += torch.bincount(info["indices"].flatten(), minlength=K).float()
         if inception is not None:
-            feats_real.append(inception(x))
-            feats_fake.append(inception(x_rec.clamp(-1, 1)))
+            real.update(inception(x))
+            fake.update(inception(x_rec.clamp(-1, 1)))
         if first is None:
             first = (x[:8].cpu(), x_rec[:8].cpu())
     all_reduce_sum(sums)
@@ -63,12 +65,12 @@ def evaluate(model, loader, device, ctx, lpips=None, inception=None, max_batches
            "codebook_usage": used, "perplexity": ppl}
     if lpips is not None:
         out["lpips"] = sums[3].item() / n
-    if inception is not None:
-        fr, ff = torch.cat(feats_real), torch.cat(feats_fake)
-        out["rfid"] = frechet_distance(*mean_cov(fr), *mean_cov(ff))
+    if inception is not None:  # over every rank's images: their feature statistics add up
+        out["rfid"] = frechet_distance(real.all_reduce(), fake.all_reduce())
     return out, first
 
 
+@keeps_signal_handlers
 def train(argv=None):
     run = start_run(argv, Stage1Config, "vqgan", "train_vqgan.py", "configs/shapes_vqgan.yaml",
                     "Train a VQGAN (stage 1).")
@@ -94,13 +96,16 @@ def train(argv=None):
     torch.manual_seed(cfg.run.seed)  # identical initialisation on every rank
     model = VQGAN(cfg.model).to(device)
     disc = PatchDiscriminator(cfg.data.channels, lc.disc_channels, lc.disc_layers).to(device)
+    if run.init is not None:
+        load_init(run, model=model, disc=disc)
+        model.codebook.reset_usage()  # a new run counts code use afresh
     lpips = LPIPS(lc.lpips_vgg_weights).to(device) if lc.perceptual_weight > 0 else None  # fails here when offline
     inception = InceptionFeatures().to(device) if t.rfid else None
     opt = torch.optim.Adam(model.parameters(), lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay)
     d_lr = lc.disc_lr if lc.disc_lr is not None else t.lr
     d_opt = torch.optim.Adam(disc.parameters(), lr=d_lr, betas=tuple(t.betas))
-    scaler = torch.amp.GradScaler(device.type, enabled=t.precision == "fp16")
-    d_scaler = torch.amp.GradScaler(device.type, enabled=t.precision == "fp16")
+    scaler = torch.amp.GradScaler(device.type, enabled=run.precision == "fp16")
+    d_scaler = torch.amp.GradScaler(device.type, enabled=run.precision == "fp16")
     ema = EMA(model, t.ema_decay) if t.ema_decay > 0 else None
     if ckpt is not None:
         restore(ckpt, model=model, disc=disc, optimizer=opt, disc_optimizer=d_opt, scaler=scaler,
@@ -117,11 +122,11 @@ def train(argv=None):
         d_train = wrap_ddp(disc, device)
     else:
         d_train = disc
-    ctx = autocast_context(device, t.precision)
+    ctx = autocast_context(device, run.precision)
     weights = LossWeights(lc.l1_weight, lc.l2_weight, lc.perceptual_weight, lc.codebook_weight, lc.disc_weight)
     stop = StopSignal()
     n_params = sum(p.numel() for p in model.parameters())
-    log.info(f"run folder {run.dir} | {device} {t.precision} x{dist_info.world_size} | VQGAN {n_params / 1e6:.2f}M "
+    log.info(f"run folder {run.dir} | {device} {run.precision} x{dist_info.world_size} | VQGAN {n_params / 1e6:.2f}M "
              f"params, {cfg.model.codebook_size} codes x {cfg.model.codebook_dim} | {len(train_set)} train / "
              f"{len(val_set)} val images | {'resuming at step ' + str(step) if step else 'from scratch'}")
     logger = RunLogger(run.dir, dist_info.is_main, t.max_steps, step, "stage 1")
@@ -159,6 +164,7 @@ def train(argv=None):
     while step < t.max_steps and not stopping:
         set_lr(step, t, (opt, t.lr), (d_opt, d_lr))
         gan_on = step >= lc.disc_start
+        micro_terms = []
         for k in range(t.grad_accum):
             try:
                 x, _ = next(data_iter)
@@ -187,14 +193,18 @@ def train(argv=None):
                         d_terms = discriminator_loss(d_train, x, x_rec, lc.disc_loss)
                     d_scaler.scale(d_terms["d_loss"] / t.grad_accum).backward()
                 terms.update(d_terms)
+            micro_terms.append(terms)
             for name, v in terms.items():
                 sums[name] = sums.get(name, 0.0) + v.detach().float()
             n_sums += 1
 
-        stopping = check_step(run, stop, terms, step)
-        optimizer_step(opt, scaler, list(model.parameters()), t.grad_clip)
+        norms = {"grad_norm": clip_gradients(opt, scaler, model.parameters(), t.grad_clip)}
         if gan_on:
-            optimizer_step(d_opt, d_scaler, list(disc.parameters()), t.grad_clip)
+            norms["disc_grad_norm"] = clip_gradients(d_opt, d_scaler, disc.parameters(), t.grad_clip)
+        stopping = check_step(run, stop, step, micro_terms, norms)  # before anything of this step is applied
+        optimizer_step(opt, scaler)
+        if gan_on:
+            optimizer_step(d_opt, d_scaler)
         restarted = model.codebook.step_update()
         if ema is not None:
             ema.update(model)

@@ -16,6 +16,7 @@ from utils.checkpoint import FORMAT, save_atomic
 from utils.config import ConfigError, load_config, to_dict
 from utils.stage1_config import Stage1Config
 from utils.errors import UserError, command
+from vqgan.discriminator import PatchDiscriminator
 from vqgan.model import VQGAN
 
 _PREFIXES = {"encoder.": "encoder.", "decoder.": "decoder.", "quant_conv.": "quant_conv.",
@@ -35,7 +36,8 @@ def _load_lightning(path: str) -> dict:
 
 
 def official_to_config(params: dict) -> Stage1Config:
-    """The `model.params` section of an official YAML -> our Stage1Config."""
+    """The `model.params` section of an official YAML -> our Stage1Config (the discriminator's shape from its
+    lossconfig, with the official defaults)."""
     try:
         dd = params["ddconfig"]
         if dd.get("double_z", False):
@@ -47,10 +49,13 @@ def official_to_config(params: dict) -> Stage1Config:
                  "dropout": float(dd.get("dropout", 0.0)), "codebook_size": params["n_embed"],
                  "codebook_dim": params["embed_dim"], "codebook_l2_norm": False, "codebook_restart_after": 0}
         data = {"image_size": dd["resolution"], "channels": dd["in_channels"]}
+        lp = (params.get("lossconfig") or {}).get("params") or {}
+        loss = {"disc_layers": lp.get("disc_num_layers", 3), "disc_channels": lp.get("disc_ndf", 64)}
     except KeyError as e:
         raise UserError(f"the official config lacks model.params key {e}") from None
     try:
-        return load_config(Stage1Config, base={"run": {"name": "converted"}, "model": model, "data": data},
+        return load_config(Stage1Config, base={"run": {"name": "converted"}, "model": model, "data": data,
+                                               "loss": loss},
                            base_name="the official config", overrides=["loss.disc_start=1000000000"])
     except ConfigError as e:
         raise UserError(f"cannot express the official config here: {e}") from None
@@ -82,9 +87,30 @@ def convert(ckpt_path: str, config_path: str) -> dict:
     if missing:
         raise UserError(f"the official checkpoint lacks {len(missing)} weights, e.g. '{missing[0]}'")
     model.load_state_dict(state, strict=True)
-    return {"kind": "vqgan", "format": FORMAT, "config": to_dict(cfg), "model_args": model.model_args,
-            "model": model.state_dict(),
-            "step": int(raw.get("global_step", 0)), "converted_from": ckpt_path}
+    out = {"kind": "vqgan", "format": FORMAT, "config": to_dict(cfg), "model_args": model.model_args,
+           "model": model.state_dict(), "step": int(raw.get("global_step", 0)), "converted_from": ckpt_path}
+    disc = convert_discriminator(sd, cfg)
+    if disc is not None:
+        out["disc"] = disc
+    return out
+
+
+def convert_discriminator(sd: dict, cfg: Stage1Config):
+    """The official PatchGAN's weights (`loss.discriminator.*`, the same layers as ours) as our discriminator's
+    state dict, so that fine-tuning (train.init_from) continues with the trained discriminator; None when the
+    checkpoint has none, or one of another design (then fine-tuning starts a new one, and this says so)."""
+    prefix = "loss.discriminator."
+    weights = {k[len(prefix):]: v.float() for k, v in sd.items() if k.startswith(prefix)}
+    if not weights:
+        return None
+    disc = PatchDiscriminator(cfg.data.channels, cfg.loss.disc_channels, cfg.loss.disc_layers)
+    try:
+        disc.load_state_dict(weights, strict=True)
+    except RuntimeError as e:
+        print(f"note: the official discriminator was not converted ({str(e).splitlines()[0][:120]}); fine-tuning "
+              "from this file starts a new one", file=sys.stderr)
+        return None
+    return disc.state_dict()
 
 
 @command
@@ -98,7 +124,8 @@ def main(argv=None) -> None:
     save_atomic(ckpt, args.out)
     m = ckpt["config"]["model"]
     print(f"wrote {args.out}: {m['codebook_size']} codes x {m['codebook_dim']}, "
-          f"{ckpt['config']['data']['image_size']}px, step {ckpt['step']}")
+          f"{ckpt['config']['data']['image_size']}px, step {ckpt['step']}"
+          + (", with its discriminator" if "disc" in ckpt else ""))
 
 
 if __name__ == "__main__":

@@ -5,6 +5,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from utils.errors import UserError
+
 
 @dataclass
 class DistInfo:
@@ -21,19 +23,22 @@ class DistInfo:
         return self.world_size > 1
 
 
-def select_device(name: str, info: DistInfo) -> torch.device:
-    """"auto" picks cuda (this rank's GPU), then mps, then cpu."""
+def select_device(name: str, info: DistInfo, option: str = "train.device=") -> torch.device:
+    """"auto" picks cuda (this rank's GPU), then mps, then cpu. `option` names the setting in error messages
+    ("train.device=" or "--device ")."""
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda", info.local_rank)
         if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available() and not info.enabled:
             return torch.device("mps")
         return torch.device("cpu")
-    dev = torch.device(name)
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"{option}{name} is not a device; use auto, cpu, cuda, cuda:N or mps") from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            from utils.errors import UserError
-            raise UserError(f"train.device={name} but CUDA is not available here; use train.device=auto or cpu")
+            raise UserError(f"{option}{name} but CUDA is not available here; use {option}auto or {option}cpu")
         if dev.index is None:
             dev = torch.device("cuda", info.local_rank)
     return dev

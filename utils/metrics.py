@@ -1,6 +1,10 @@
-"""Image metrics on [0, 1] images (peak 1): PSNR, SSIM, L1; and the Frechet distance for rFID."""
+"""Image metrics on [0, 1] images (peak 1): PSNR, SSIM; and rFID's parts: the standard FID Inception features,
+their statistics gathered across processes, and the Fréchet distance."""
 import torch
 import torch.nn.functional as F
+
+from utils.distributed import all_reduce_sum
+from utils.errors import UserError
 
 
 def psnr(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -31,46 +35,65 @@ def ssim(x: torch.Tensor, y: torch.Tensor, window: int = 11) -> torch.Tensor:
     return s.mean(dim=(1, 2, 3))
 
 
-def frechet_distance(mu1, cov1, mu2, cov2) -> float:
-    """||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2)), with the trace of the square root from the
-    eigenvalues of S1^(1/2) S2 S1^(1/2) (symmetric, so eigh is stable) in float64."""
-    mu1, mu2, cov1, cov2 = (t.double() for t in (mu1, mu2, cov1, cov2))
-    e1, v1 = torch.linalg.eigh(cov1)
-    s1 = v1 @ torch.diag(e1.clamp_min(0).sqrt()) @ v1.t()
-    m = s1 @ cov2 @ s1
-    tr_sqrt = torch.linalg.eigvalsh((m + m.t()) / 2).clamp_min(0).sqrt().sum()
-    return float((mu1 - mu2).pow(2).sum() + cov1.trace() + cov2.trace() - 2 * tr_sqrt)
+def frechet_distance(a: "FeatureStats", b: "FeatureStats") -> float:
+    """The Fréchet distance between Gaussians fitted to two feature sets: pytorch-fid's implementation, the one
+    published FIDs use."""
+    from pytorch_fid.fid_score import calculate_frechet_distance
+    return float(calculate_frechet_distance(*a.mean_cov(), *b.mean_cov()))
 
 
-def mean_cov(feats: torch.Tensor):
-    f = feats.double()
-    mu = f.mean(0)
-    d = f - mu
-    return mu, d.t() @ d / max(1, f.shape[0] - 1)
+class FeatureStats:
+    """The count, sum and sum of outer products of a set of feature vectors, in float64: enough for their mean
+    and covariance, and combined across processes exactly by summing (all_reduce), which is how rFID gathers the
+    Inception features of every rank's share of the validation set."""
+
+    def __init__(self, dim: int, device=None):
+        self.n = torch.zeros((), dtype=torch.float64, device=device)
+        self.sum = torch.zeros(dim, dtype=torch.float64, device=device)
+        self.outer = torch.zeros(dim, dim, dtype=torch.float64, device=device)
+
+    def update(self, feats: torch.Tensor) -> None:
+        """feats: (N, dim)."""
+        f = feats.double()
+        self.n += f.shape[0]
+        self.sum += f.sum(0)
+        self.outer += f.t() @ f
+
+    def all_reduce(self) -> "FeatureStats":
+        for t in (self.n, self.sum, self.outer):
+            all_reduce_sum(t)
+        return self
+
+    def mean_cov(self):
+        """(mean (dim,), covariance (dim, dim)) as numpy arrays; the covariance unbiased, as numpy.cov's."""
+        n = self.n.item()
+        mu = self.sum / n
+        cov = (self.outer - n * torch.outer(mu, mu)) / max(1.0, n - 1)
+        return mu.cpu().numpy(), cov.cpu().numpy()
 
 
 class InceptionFeatures(torch.nn.Module):
-    """torchvision's ImageNet Inception-v3 pool features (2048-d) for rFID. Note: pytorch-fid uses the
-    original TF Inception weights, so absolute values differ slightly from published FIDs."""
+    """The standard FID Inception-v3 (pytorch-fid's port of the TensorFlow weights, the network behind published
+    FIDs, shared by torch-fidelity and torchmetrics): 2048-d pool features. Its weights download once into the torch
+    hub cache (~/.cache/torch/hub/checkpoints)."""
 
     def __init__(self):
         super().__init__()
-        from torchvision.models import Inception_V3_Weights, inception_v3
-        from utils.errors import UserError
         try:
-            net = inception_v3(weights=Inception_V3_Weights.IMAGENET1K_V1, aux_logits=True)
-        except Exception as e:
-            raise UserError(f"rFID needs torchvision's Inception-v3 ImageNet weights, which could not be had "
-                            f"({type(e).__name__}: {e}); connect once to cache them, or set train.rfid=false") from None
-        net.fc = torch.nn.Identity()
-        self.net = net.eval().requires_grad_(False)
+            from pytorch_fid.inception import InceptionV3
+        except ImportError:
+            raise UserError("rFID needs the pytorch-fid package: pip install pytorch-fid, or set train.rfid=false") from None
+        try:
+            self.net = InceptionV3([InceptionV3.BLOCK_INDEX_BY_DIM[2048]], resize_input=True, normalize_input=True)
+        except Exception as e:  # offline: URLError, OSError, ... wrapped in many ways by the hub code
+            raise UserError(f"rFID needs the FID Inception weights, which could not be had ({type(e).__name__}: {e}); "
+                            "connect once to cache them in ~/.cache/torch/hub/checkpoints, or set "
+                            "train.rfid=false") from None
+        self.net.eval().requires_grad_(False)
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, C, H, W) in [-1, 1] -> (B, 2048)."""
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
-        x = F.interpolate((x + 1) / 2, size=(299, 299), mode="bilinear", align_corners=False)
-        mean = torch.tensor([0.485, 0.456, 0.406], device=x.device).view(1, 3, 1, 1)
-        std = torch.tensor([0.229, 0.224, 0.225], device=x.device).view(1, 3, 1, 1)
-        return self.net((x - mean) / std)
+        return self.net(((x.float() + 1) / 2).clamp(0, 1))[0].flatten(1)  # resized to 299 inside

@@ -9,15 +9,20 @@ import numpy as np
 import torch
 from PIL import Image
 
+from utils.config import check_option
 from utils.data import FolderDataset, list_images
+from utils.distributed import DistInfo, select_device
 from utils.errors import command
 from utils.metrics import psnr, ssim
 from vqgan.model import VQGAN
 
 
 @torch.no_grad()
-def reconstruct(checkpoint: str, images: str, out: str, batch_size: int = 16, device: str = "cpu") -> dict:
-    model = VQGAN.from_checkpoint(checkpoint, map_location=device)
+def reconstruct(checkpoint: str, images: str, out: str, batch_size: int = 16, device: str = "auto") -> dict:
+    """Writes the reconstruction of every image under `images` to `out`; returns the figures. `device`: auto (CUDA,
+    then MPS, then CPU), cpu, cuda, cuda:N or mps; the model and the images both go there."""
+    device = select_device(device, DistInfo(), "--device ")
+    model = VQGAN.from_checkpoint(checkpoint, map_location="cpu").to(device)
     data = FolderDataset(list_images(images), model.image_size, model.channels, train=False)
     os.makedirs(out, exist_ok=True)
     p_sum = s_sum = 0.0
@@ -47,8 +52,9 @@ def main(argv=None) -> None:
     p.add_argument("--images", required=True, help="folder of images (searched recursively)")
     p.add_argument("--out", required=True, help="folder for the reconstructions (PNG)")
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps")
     args = p.parse_args(argv)
+    check_option("--batch-size", args.batch_size, min=1)
     r = reconstruct(args.checkpoint, args.images, args.out, args.batch_size, args.device)
     print(f"{r['images']} images -> {args.out}: PSNR {r['psnr']:.2f} dB, SSIM {r['ssim']:.4f}, "
           f"{r['codes_used']}/{r['codebook_size']} codes used")

@@ -1,50 +1,54 @@
-"""The mechanics both training scripts share, as plain functions: the command line and config (with --resume),
-the run folder, checkpoints (save and restore), learning-rate schedule, EMA, the per-step agreement on a
-non-finite loss or a stop signal, and the end of a run. Each script keeps its own loop, top to bottom."""
+"""What both training scripts do around their loops, as plain functions: the command line and config (with
+--resume, or train.init_from for a new run from other weights), device and precision, the run folder, and
+checkpoints (save and restore). What happens inside the loops is utils/loop.py; each script keeps its own loop,
+top to bottom."""
 import argparse
-import copy
 import logging
-import math
 import os
-import signal
 import sys
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import torch
 
 from utils.checkpoint import FORMAT, load_checkpoint_file, save_run_checkpoint
 from utils.config import dump_yaml, load_config, to_dict
-from utils.distributed import (DistInfo, all_reduce_sum, cleanup, gather_rng_states, init_distributed,
+from utils.distributed import (DistInfo, cleanup, gather_rng_states, init_distributed,
                                restore_rng_states, select_device)
 from utils.errors import UserError, command
-from utils.runlog import RunLogger, setup_logging
+from utils.precision import resolve_precision
+from utils.runlog import setup_logging
 
 
 @dataclass
 class Run:
-    """What every training run has: its config, the checkpoint it resumes (None for a new run), the script that
-    runs it, its processes and device, its console log and its folder."""
+    """What every training run has: its config, the checkpoint it resumes (None for a new run) or the one whose
+    weights it starts from (train.init_from), the script that runs it, its processes, device and precision, its
+    console log and its folder."""
     cfg: Any
     ckpt: Optional[dict]
+    init: Optional[dict]
     kind: str                   # "vqgan" | "transformer": the checkpoint kind it writes
     script: str                 # the script's file name, for the resume hint
     dist: DistInfo
     device: torch.device
+    precision: str              # fp32 | bf16 | fp16: train.precision, with auto resolved for this device
     log: logging.Logger
     dir: str
 
 
 def start_run(argv, cls, kind: str, script: str, default_config: str, description: str) -> Run:
-    """Parses the command line, joins the process group under torchrun, and resolves the config and device.
-    The run folder is made later, by prepare_run_dir, once the script has checked what it needs."""
+    """Parses the command line, joins the process group under torchrun, and resolves the config, device and
+    precision; the first line of the run says which precision and why. The run folder is made later, by
+    prepare_run_dir, once the script has checked what it needs."""
     args = parse_args(argv, default_config, description)
     dist_info = init_distributed()
     log = setup_logging(dist_info.is_main)
-    cfg, ckpt = resolve_config(cls, args, kind)
+    cfg, ckpt, init = resolve_config(cls, args, kind)
     device = select_device(cfg.train.device, dist_info)
-    return Run(cfg, ckpt, kind, script, dist_info, device, log, run_dir_of(cfg))
+    precision, why = resolve_precision(cfg.train.precision, device)
+    log.info(f"precision {precision} ({why})")
+    return Run(cfg, ckpt, init, kind, script, dist_info, device, precision, log, run_dir_of(cfg))
 
 
 def parse_args(argv, default_config: str, description: str) -> argparse.Namespace:
@@ -67,19 +71,52 @@ def run_dir_of(cfg) -> str:
     return os.path.join(cfg.run.out_dir, cfg.run.name)
 
 
+# what a checkpoint must hold to be resumed exactly (a converted official model, for one, holds only weights)
+RESUMABLE = ("optimizer", "scaler", "rng", "data")
+
+
 def resolve_config(cls, args, kind: str):
-    """(config, checkpoint dict or None). A resumed run takes its config from the checkpoint and
-    applies the command-line overrides on top."""
+    """(config, checkpoint to resume or None, checkpoint to start from or None). A resumed run takes its config
+    from the checkpoint and applies the command-line overrides on top; a new run with train.init_from takes its
+    model section from that checkpoint (see init_config)."""
     if args.resume is None:
-        return load_config(cls, args.config, args.overrides), None
+        cfg = load_config(cls, args.config, args.overrides)
+        if not cfg.train.init_from:
+            return cfg, None, None
+        init = load_checkpoint_file(cfg.train.init_from, kind)
+        return init_config(cfg, init, args.overrides), None, init
     path = args.resume
     if not path:
         path = os.path.join(run_dir_of(load_config(cls, args.config, args.overrides)), "checkpoints", "last.pt")
         if not os.path.isfile(path):
             raise UserError(f"nothing to resume: no checkpoint at '{path}'; start the run without --resume")
     ckpt = load_checkpoint_file(path, kind)
+    missing = [k for k in RESUMABLE if k not in ckpt]
+    if missing:
+        raise UserError(f"'{path}' is not a resumable training checkpoint (it has no {', '.join(missing)}: a "
+                        f"converted or exported model holds only weights); start a new run from its weights with "
+                        f"train.init_from={path}")
     cfg = load_config(cls, base=ckpt["config"], base_name=f"checkpoint '{path}'", overrides=args.overrides)
-    return cfg, ckpt
+    return cfg, ckpt, None
+
+
+def init_config(cfg, init: dict, overrides) -> Any:
+    """The config of a new run that starts from the weights of `init` (train.init_from): the keys that define its
+    networks (cfg.init_keys: the model section, and what else the stage names) are the checkpoint's, and one
+    given on the command line with another value is an error naming both."""
+    path = cfg.train.init_from
+    theirs = load_config(type(cfg), base=init["config"], base_name=f"train.init_from '{path}'")
+    given = {o.partition("=")[0].strip() for o in overrides}
+    for key in cfg.init_keys(init):
+        section, name = key.split(".")
+        mine, other = getattr(getattr(cfg, section), name), getattr(getattr(theirs, section), name)
+        if key in given and mine != other:
+            raise UserError(f"{key}={mine} on the command line contradicts train.init_from '{path}', whose model has "
+                            f"{key}={other}; leave {key} out (the model comes from that checkpoint), or train from "
+                            f"scratch without train.init_from")
+        setattr(getattr(cfg, section), name, other)
+    cfg.check(f"train.init_from '{path}'")
+    return cfg
 
 
 def prepare_run_dir(run: Run) -> None:
@@ -111,6 +148,16 @@ def restore(ckpt: dict, **state) -> None:
         obj.load_state_dict(ckpt[name])
 
 
+def load_init(run: Run, **modules) -> None:
+    """A new run's start from train.init_from: each named entry the checkpoint has (its model, a discriminator)
+    is loaded into its module, strictly; optimizers, RNG and the step start afresh."""
+    loaded = [name for name, m in modules.items() if run.init.get(name) is not None]
+    for name in loaded:
+        modules[name].load_state_dict(run.init[name])
+    run.log.info(f"starting from the weights of train.init_from '{run.cfg.train.init_from}' (step "
+                 f"{run.init.get('step', 0)} of its run): {', '.join(loaded)}; new optimizer state, step 0")
+
+
 def start_position(run: Run) -> tuple[int, int, int]:
     """(step, epoch, batch in epoch) to start from, with the RNG restored from the checkpoint (every rank its
     own state), or seeded per rank for a new run."""
@@ -131,133 +178,6 @@ def save_checkpoint(run: Run, step: int, epoch: int, batch: int, **state) -> Non
     ckpt = {"kind": run.kind, "format": FORMAT, "config": to_dict(run.cfg), **state, "step": step, "rng": rng,
             "data": {"epoch": epoch, "batch": batch}}
     save_run_checkpoint(ckpt, run.dir, step, run.cfg.train.keep_last)
-
-
-def lr_factor(step: int, warmup: int, max_steps: int, schedule: str, min_ratio: float) -> float:
-    """Linear warm-up over `warmup` steps, then constant or cosine decay to `min_ratio` at max_steps."""
-    if warmup > 0 and step < warmup:
-        return (step + 1) / warmup
-    if schedule == "constant":
-        return 1.0
-    t = min(1.0, (step - warmup) / max(1, max_steps - warmup))
-    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * t))
-
-
-def set_lr(step: int, t, *optimizers: tuple[torch.optim.Optimizer, float]) -> None:
-    """Sets each (optimizer, base learning rate) to its rate at `step` under the schedule of train config `t`."""
-    scale = lr_factor(step, t.warmup_steps, t.max_steps, t.lr_schedule, t.min_lr_ratio)
-    for opt, base in optimizers:
-        for g in opt.param_groups:
-            g["lr"] = base * scale
-
-
-def optimizer_step(opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler, params, grad_clip: float) -> None:
-    """Clips the global gradient norm (when grad_clip > 0), steps through the gradient scaler, clears the gradients."""
-    if grad_clip > 0:
-        scaler.unscale_(opt)
-        torch.nn.utils.clip_grad_norm_(params, grad_clip)
-    scaler.step(opt)
-    scaler.update()
-    opt.zero_grad(set_to_none=True)
-
-
-class EMA:
-    """An exponential moving average copy of a model's weights (buffers are copied as they are)."""
-
-    def __init__(self, model: torch.nn.Module, decay: float):
-        self.decay = decay
-        self.model = copy.deepcopy(model).eval().requires_grad_(False)
-
-    @torch.no_grad()
-    def update(self, model: torch.nn.Module) -> None:
-        ema_p = [p for p in self.model.parameters()]
-        src_p = [p.detach() for p in model.parameters()]
-        torch._foreach_lerp_(ema_p, src_p, 1.0 - self.decay)
-        for b, s in zip(self.model.buffers(), model.buffers()):
-            b.copy_(s)
-
-    def state_dict(self) -> dict:
-        return self.model.state_dict()
-
-    def load_state_dict(self, sd: dict) -> None:
-        self.model.load_state_dict(sd, strict=True)
-
-
-class StopSignal:
-    """SIGINT/SIGTERM set a flag that the loop checks after each step, so that it saves and exits cleanly."""
-
-    def __init__(self):
-        self.received = None
-        for s in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(s, self._handle)
-
-    def _handle(self, signum, frame):
-        self.received = signal.Signals(signum).name
-
-
-def check_step(run: Run, stop: StopSignal, terms: dict, step: int) -> bool:
-    """The one collective of every step: all ranks agree on a non-finite loss term (an error naming the step and
-    the terms; nothing of this step is saved) and on a stop signal received by any of them. Returns whether to stop
-    after this step."""
-    bad = torch.stack([(~torch.isfinite(v.detach())).any() for v in terms.values()]).any()
-    flags = torch.stack([bad.float().to(run.device),
-                         torch.tensor(float(stop.received is not None), device=run.device)])
-    all_reduce_sum(flags)
-    if flags[0].item() > 0:
-        parts = ", ".join(f"{k}={v.item():.4g}" for k, v in terms.items())
-        raise UserError(f"non-finite loss at step {step + 1} ({parts}); nothing was saved from this step, "
-                        f"'{run.dir}/checkpoints/last.pt' is the last good state; lower train.lr, "
-                        f"set train.grad_clip, or use train.precision=fp32")
-    return flags[1].item() > 0
-
-
-def due(step: int, every: int, max_steps: int) -> bool:
-    """Whether a periodic action (logging, evaluation, checkpoint) falls on `step`: every `every` steps and at
-    the end."""
-    return step % every == 0 or step == max_steps
-
-
-def evaluate_and_save(run: Run, step: int, stopping: bool, validate: Callable[[int], dict],
-                      save: Callable[[int], None], metrics: dict) -> dict:
-    """After an optimizer step: evaluate every train.eval_every steps, save every train.ckpt_every steps, both also
-    at the end, and save when stopping. Returns the latest validation figures."""
-    t = run.cfg.train
-    if due(step, t.eval_every, t.max_steps):
-        metrics = validate(step)
-    if due(step, t.ckpt_every, t.max_steps) or stopping:
-        save(step)
-    return metrics
-
-
-@contextmanager
-def rng_kept():
-    """Work inside (evaluation, sampling) does not move the training RNG."""
-    state = torch.get_rng_state()
-    try:
-        yield
-    finally:
-        torch.set_rng_state(state)
-
-
-def end_of_run(run: Run, logger: RunLogger, step: int, stopped_by: Optional[StopSignal], metrics: dict,
-               validate: Callable[[int], dict], save: Callable[[int], None]) -> dict:
-    """Stopped by a signal: say how to continue. Otherwise: when the loop did not evaluate (resumed at or past the
-    end), evaluate and save now; then one line with the final figures. Closes the logger; returns the figures."""
-    logger.bar.close()
-    if stopped_by is not None:
-        run.log.info(f"stopped by {stopped_by.received or 'a signal on another rank'} at step {step}; checkpoint "
-                     f"saved, continue with: python {run.script} --resume {run.dir}/checkpoints/last.pt")
-    else:
-        if not metrics:
-            metrics = validate(step)
-            save(step)
-        run.log.info(f"done: {step} steps; validation {figures(metrics)}; run folder {run.dir}")
-    logger.close()
-    return metrics
-
-
-def figures(metrics: dict) -> str:
-    return ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k != "step")
 
 
 def main_guard(train, argv=None) -> None:

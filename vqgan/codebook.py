@@ -124,6 +124,12 @@ class Codebook(nn.Module):
         return n_dead
 
     @torch.no_grad()
+    def reset_usage(self) -> None:
+        """Forget the usage history (a run that starts from these weights counts afresh)."""
+        self.unused_steps.zero_()
+        self.window_counts.zero_()
+
+    @torch.no_grad()
     def usage_stats(self, reset: bool = True) -> tuple[float, float]:
         """(fraction of codes used, perplexity of the code distribution) since the last reset."""
         used, ppl = usage_from_counts(self.window_counts)
