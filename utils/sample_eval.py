@@ -1,0 +1,141 @@
+"""Score a class-conditional transformer: does each sample show the class it was asked for?
+
+    python -m utils.sample_eval RUN_DIR [--per-class 300] [--seed 0] [--cfg-scale S] [--top-p P] [--top-k K]
+                                        [--temperature T] [--device D] [--no-recon]
+
+Draws --per-class samples of every class with the run's sampling settings (or those given), and classifies them
+with a classifier trained on real images of the dataset (utils/classifier.py; trained once and cached). Prints, per
+class, the share of samples recognised as their class; for shapes also the share taken for the decoy "v" (a
+triangle turned by 45 degrees). Also: the classifier's accuracy on held-out real images; on the stage-1
+reconstructions of real validation images (the ceiling a perfect transformer could reach); and the Fréchet
+distance between samples and real validation images in the classifier's feature space, beside the same distance
+for real training images (the floor). Writes RUN_DIR/sample_eval.json.
+"""
+import argparse
+import copy
+import json
+import os
+
+import torch
+
+from transformer.loading import load_transformer
+from transformer.sampling import decode_images, sample
+from utils.classifier import classify, load_or_train
+from utils.config import check_option, load_config
+from utils.data import build_datasets
+from utils.distributed import DistInfo, select_device
+from utils.errors import UserError, command
+from utils.metrics import FeatureStats, frechet_distance
+from utils.runlog import setup_logging
+from utils.stage2_config import Stage2Config
+
+
+def fd(a: torch.Tensor, b: torch.Tensor) -> float:
+    sa, sb = FeatureStats(a.shape[1]), FeatureStats(b.shape[1])
+    sa.update(a)
+    sb.update(b)
+    return frechet_distance(sa, sb)
+
+
+@torch.no_grad()
+def evaluate(run_dir: str, per_class: int = 300, seed: int = 0, options: dict = None, device: str = "auto",
+             recon: bool = True, batch: int = 100) -> dict:
+    log = setup_logging(True)
+    ckpt_path = os.path.join(run_dir, "checkpoints", "last.pt")
+    dev = select_device(device, DistInfo(), "--device ")
+    gpt, vq, ckpt = load_transformer(ckpt_path, dev)
+    cfg = load_config(Stage2Config, base=ckpt["config"], base_name=f"checkpoint '{ckpt_path}'")
+    nc = gpt.cfg.num_classes
+    if nc == 0:
+        raise UserError(f"'{ckpt_path}' is an unconditional model: there is no requested class to check")
+    clf, info = load_or_train(cfg.data.dataset, cfg.data, os.path.join(cfg.run.out_dir, "cache"), log)
+    names = info["classes"]
+    sc = cfg.sample
+    opts = dict(temperature=sc.temperature, top_k=sc.top_k, top_p=sc.top_p, cfg_scale=sc.cfg_scale)
+    opts.update({k: v for k, v in (options or {}).items() if v is not None})
+    g = torch.Generator(dev).manual_seed(seed)
+    images, wanted = [], []
+    for c in range(nc):
+        for s in range(0, per_class, batch):
+            n = min(batch, per_class - s)
+            images.append(decode_images(vq, sample(gpt, n, classes=[c], generator=g, **opts)))
+            wanted += [c] * n
+    x = torch.cat(images) * 2 - 1  # (N, C, H, W) in [-1, 1]
+    wanted = torch.tensor(wanted)
+    pred, feats = classify(clf, x)
+    out = {"run": run_dir, "samples_per_class": per_class, "sampling": opts, "seed": seed,
+           "classifier_held_out_accuracy": info["held_out_accuracy"], "classifier_held_out": info["held_out"],
+           "accuracy": (pred == wanted).float().mean().item(), "per_class": {}}
+    for c in range(nc):
+        sel = pred[wanted == c]
+        row = {"accuracy": (sel == c).float().mean().item()}
+        if "v" in names:
+            row["taken_for_v"] = (sel == names.index("v")).float().mean().item()
+        out["per_class"][names[c]] = row
+    data = copy.copy(cfg.data)
+    if data.dataset == "shapes":  # as many training images as samples are enough: render no more
+        data.num_train = len(x)
+    train_set, val_set = build_datasets(data, cfg.run.seed, augment=False)
+    real_val = torch.stack([val_set[i][0] for i in range(len(val_set))])
+    k = min(len(train_set), len(x))  # the floor from as many real images as there are samples
+    pick = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(seed))[:k].tolist()
+    real_train = torch.stack([train_set[i][0] for i in pick])
+    val_pred, val_feats = classify(clf, real_val)
+    out["frechet_samples_to_val"] = fd(feats, val_feats)
+    out["frechet_train_to_val"] = fd(classify(clf, real_train)[1], val_feats)
+    out["frechet_images"] = {"samples": len(x), "val": len(real_val), "train": k}
+    if recon:  # the ceiling: what the stage-1 model keeps of real images of each class
+        rec = torch.cat([decode_images(vq, vq.encode_to_indices(b.to(dev))) for b in real_val.split(batch)]) * 2 - 1
+        rec_pred, _ = classify(clf, rec)
+        labels = val_set.labels
+        out["recon_accuracy"] = {names[c]: (rec_pred[labels == c] == c).float().mean().item() for c in range(nc)}
+    return out
+
+
+def report(r: dict) -> str:
+    lines = [f"{r['samples_per_class']} samples per class, sampling {r['sampling']}, seed {r['seed']}",
+             f"classifier: {100 * r['classifier_held_out_accuracy']:.1f}% on {r['classifier_held_out']} held-out "
+             "real images"]
+    has_v = any("taken_for_v" in row for row in r["per_class"].values())
+    head = f"{'class':<14}{'recognised':>11}" + (f"{'as v':>8}" if has_v else "") + \
+        (f"{'ceiling':>9}" if "recon_accuracy" in r else "")
+    lines.append(head)
+    for name, row in r["per_class"].items():
+        line = f"{name:<14}{100 * row['accuracy']:>10.1f}%"
+        if has_v:
+            line += f"{100 * row['taken_for_v']:>7.1f}%"
+        if "recon_accuracy" in r:
+            line += f"{100 * r['recon_accuracy'][name]:>8.1f}%"
+        lines.append(line)
+    lines.append(f"{'all':<14}{100 * r['accuracy']:>10.1f}%")
+    lines.append(f"Fréchet distance in the classifier's features: samples to real val {r['frechet_samples_to_val']:.2f}"
+                 f", real train to real val {r['frechet_train_to_val']:.2f} (the floor)")
+    return "\n".join(lines)
+
+
+@command
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("run_dir", help="a stage-2 run folder (runs/<name>)")
+    p.add_argument("--per-class", type=int, default=300)
+    p.add_argument("--seed", type=int, default=0)
+    for opt, kind in (("--cfg-scale", float), ("--top-p", float), ("--top-k", int), ("--temperature", float)):
+        p.add_argument(opt, type=kind, default=None, help="instead of the run's sample setting")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--no-recon", action="store_true", help="skip the stage-1 reconstruction ceiling")
+    args = p.parse_args(argv)
+    check_option("--per-class", args.per_class, min=1)
+    for name, value, bounds in (("--temperature", args.temperature, dict(above=0)), ("--top-k", args.top_k, dict(min=1)),
+                                ("--top-p", args.top_p, dict(above=0, max=1)), ("--cfg-scale", args.cfg_scale, dict(min=0))):
+        check_option(name, value, **bounds)
+    options = dict(cfg_scale=args.cfg_scale, top_p=args.top_p, top_k=args.top_k, temperature=args.temperature)
+    r = evaluate(args.run_dir, args.per_class, args.seed, options, args.device, not args.no_recon)
+    print(report(r))
+    path = os.path.join(args.run_dir, "sample_eval.json")
+    with open(path, "w") as f:
+        json.dump(r, f, indent=2)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
