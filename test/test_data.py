@@ -10,8 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from utils.data import (SHAPE_CLASSES, SHAPE_PALETTE, ArrayDataset, ResumableSampler, build_datasets, fit_size,
-                        read_idx, render_shapes, to_tensor)
+from utils.data import CLASS_NAMES, ArrayDataset, ResumableSampler, build_datasets, fit_size, to_tensor
+from utils.datafiles import read_idx
+from utils.shapes import SHAPE_CLASSES, SHAPE_PALETTE, render_shapes
 from utils.errors import UserError
 from utils.stage1_config import DataConfig
 
@@ -67,6 +68,8 @@ def test_idx_files(tmp_path, gz):
         write_idx(str(raw / f"{split}-labels-idx1-ubyte"), rng.integers(0, 10, (n,)), gz)
     tr, va = build_datasets(cfg(dataset="fashion_mnist", root=str(tmp_path), channels=1), seed=0)
     assert len(tr) == 12 and len(va) == 5
+    assert tr.class_names == va.class_names == CLASS_NAMES["fashion_mnist"] and tr.class_names[7] == "Sneaker"
+    assert len(tr.sources) == 2 and all(os.path.isfile(p) for p in tr.sources)  # the files the token cache keys on
     x, y = tr[0]
     assert x.shape == (1, 32, 32) and 0 <= y < 10
     assert torch.all(x[:, :2] == -1) and torch.all(x[:, :, -2:] == -1)  # 28 -> 32 by zero padding

@@ -19,8 +19,9 @@ DD = dict(double_z=False, z_channels=64, resolution=32, in_channels=3, out_ch=3,
           num_res_blocks=1, attn_resolutions=[8], dropout=0.0)
 
 
-def write_official(tmp_path, dd=DD, embed_dim=32, n_embed=128, extra=None):
-    """Official modules with jittered weights, saved as a Lightning-style .ckpt and YAML."""
+def write_official(tmp_path, dd=DD, embed_dim=32, n_embed=128, extra=None, disc=False):
+    """Official modules with jittered weights, saved as a Lightning-style .ckpt and YAML; with disc, also the
+    official discriminator's weights (else a training-only key that the converter must ignore)."""
     from taming.modules.diffusionmodules.model import Decoder, Encoder
     from taming.modules.vqvae.quantize import VectorQuantizer2
     torch.manual_seed(0)
@@ -35,13 +36,19 @@ def write_official(tmp_path, dd=DD, embed_dim=32, n_embed=128, extra=None):
     sd = {}
     for prefix, m in (("encoder", enc), ("decoder", dec), ("quantize", vq), ("quant_conv", qc), ("post_quant_conv", pqc)):
         sd.update({f"{prefix}.{k}": v for k, v in m.state_dict().items()})
-    sd["loss.discriminator.main.0.weight"] = torch.zeros(1)  # training-only keys are ignored
+    if disc:
+        from taming.modules.discriminator.model import NLayerDiscriminator, weights_init
+        d = NLayerDiscriminator(input_nc=3, ndf=16, n_layers=2).apply(weights_init)
+        sd.update({f"loss.discriminator.{k}": v for k, v in d.state_dict().items()})
+    else:
+        sd["loss.discriminator.main.0.weight"] = torch.zeros(1)  # not a discriminator of this design: left out
     ckpt = {"state_dict": sd, "global_step": 1234}
     if extra is not None:
         ckpt["callbacks"] = extra
     torch.save(ckpt, tmp_path / "model.ckpt")
     cfg = {"model": {"target": "taming.models.vqgan.VQModel",
-                     "params": {"embed_dim": embed_dim, "n_embed": n_embed, "ddconfig": dd}}}
+                     "params": {"embed_dim": embed_dim, "n_embed": n_embed, "ddconfig": dd,
+                                "lossconfig": {"params": {"disc_num_layers": 2, "disc_ndf": 16}}}}}
     (tmp_path / "model.yaml").write_text(yaml.safe_dump(cfg))
     return enc, dec, vq, qc, pqc
 
@@ -196,3 +203,35 @@ def test_lpips_local_vgg_file(tmp_path):
     torch.save({"x": torch.zeros(1)}, tmp_path / "bad.pth")
     with pytest.raises(UserError, match="holds no 'features"):
         LPIPS(vgg_weights=str(tmp_path / "bad.pth"))
+
+
+@needs_taming
+def test_fine_tuning_a_converted_official_checkpoint(tmp_path):
+    """train.init_from a converted official model (and its discriminator): a new run at step 0 with exactly the
+    official weights, which trains on; --resume of that file says to use train.init_from instead."""
+    import train_vqgan
+    from helpers import load, run_script
+    write_official(tmp_path, disc=True)
+    r = subprocess.run([sys.executable, "-m", "utils.convert_taming", "--ckpt", str(tmp_path / "model.ckpt"),
+                        "--config", str(tmp_path / "model.yaml"), "--out", str(tmp_path / "official.pt")],
+                       cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0 and "with its discriminator" in r.stdout, r.stderr
+    official = load(tmp_path / "official.pt")
+    opts = [f"run.out_dir={tmp_path}", f"train.init_from={tmp_path / 'official.pt'}", "data.num_train=16",
+            "data.num_val=8", "data.batch_size=4", "train.precision=fp32", "loss.disc_start=1", "train.log_every=1"]
+    train_vqgan.train(opts + ["run.name=at0", "train.max_steps=0"])
+    at0 = load(tmp_path / "at0" / "checkpoints" / "last.pt")
+    assert at0["step"] == 0 and at0["model_args"] == official["model_args"]
+    assert at0["config"]["model"]["codebook_l2_norm"] is False  # the official plain codes, whatever the yaml says
+    for part in ("model", "disc"):
+        assert all(torch.equal(v, at0[part][k]) for k, v in official[part].items() if "codebook.u" not in k), part
+    train_vqgan.train(opts + ["run.name=ft", "train.max_steps=2"])
+    ft = load(tmp_path / "ft" / "checkpoints" / "last.pt")
+    assert ft["step"] == 2 and not torch.equal(ft["model"]["decoder.conv_out.weight"],
+                                               official["model"]["decoder.conv_out.weight"])
+    r = run_script("train_vqgan.py", "--resume", str(tmp_path / "official.pt"))
+    assert r.returncode == 2 and "is not a resumable training checkpoint" in r.stderr and "train.init_from=" in r.stderr
+    r = run_script("train_vqgan.py", f"run.out_dir={tmp_path}", "run.name=bad", f"train.init_from={tmp_path}/official.pt",
+                   "model.codebook_dim=8")
+    assert r.returncode == 2 and "model.codebook_dim=8 on the command line contradicts train.init_from" in r.stderr \
+        and "whose model has model.codebook_dim=32" in r.stderr and "Traceback" not in r.stderr

@@ -191,11 +191,68 @@ def test_lpips_and_rfid_paths(tmp_path, monkeypatch):
               "train.max_steps=4", "train.precision=bf16")
     m = json.load(open(f"{d}/metrics.json"))
     assert m["lpips"] > 0
-    import torchvision.models
-    monkeypatch.setattr(torchvision.models, "inception_v3",
-                        lambda **k: (_ for _ in ()).throw(OSError("offline")))
-    with pytest.raises(UserError, match="rFID needs torchvision's Inception-v3 ImageNet weights"):
+    import urllib.error
+
+    import pytorch_fid.inception
+    monkeypatch.setattr(pytorch_fid.inception, "load_state_dict_from_url",
+                        lambda *a, **k: (_ for _ in ()).throw(urllib.error.URLError("offline")))
+    with pytest.raises(UserError, match="rFID needs the FID Inception weights, which could not be had "
+                                        r"\(URLError: .*offline.*\); connect once to cache them"):
         train(tmp_path, "fid", "train.rfid=true")
+
+
+def stub_fid_weights(torch_home) -> None:
+    """Random weights for the FID Inception, put where torch's hub cache looks for the real ones: the real loading
+    path of pytorch-fid, offline."""
+    import pytorch_fid.inception as fi
+    from torchvision.models.inception import Inception3
+    saved = fi.load_state_dict_from_url, Inception3.load_state_dict
+    fi.load_state_dict_from_url, Inception3.load_state_dict = (lambda *a, **k: None), (lambda *a, **k: None)
+    try:
+        torch.manual_seed(0)
+        net = fi.fid_inception_v3()
+    finally:
+        fi.load_state_dict_from_url, Inception3.load_state_dict = saved
+    folder = os.path.join(torch_home, "hub", "checkpoints")
+    os.makedirs(folder, exist_ok=True)
+    torch.save(net.state_dict(), os.path.join(folder, os.path.basename(fi.FID_WEIGHTS_URL)))
+
+
+def test_feature_stats_gather_exactly():
+    """rFID's statistics of two shards, added up, are those of all the features: mean, unbiased covariance."""
+    import numpy as np
+
+    from utils.metrics import FeatureStats
+    f = torch.randn(50, 6, dtype=torch.float64) * torch.arange(1, 7) + 3
+    a, b, whole = FeatureStats(6), FeatureStats(6), FeatureStats(6)
+    a.update(f[:20])
+    b.update(f[20:])
+    whole.update(f)
+    a.n += b.n
+    a.sum += b.sum
+    a.outer += b.outer  # what all_reduce does across ranks
+    mu, cov = a.mean_cov()
+    assert np.allclose(mu, f.mean(0).numpy()) and np.allclose(cov, np.cov(f.numpy(), rowvar=False))
+    assert np.allclose(whole.mean_cov()[1], cov)
+
+
+@pytest.mark.slow
+def test_rfid_under_ddp_scores_the_whole_val_set(tmp_path):
+    """rFID with the standard FID Inception (stubbed weights, real loading path): two processes, each with half the
+    validation images, give the single process's figure (before, each rank scored its own half)."""
+    stub_fid_weights(str(tmp_path / "torch_home"))
+    env = dict(os.environ, OMP_NUM_THREADS="1", TORCH_HOME=str(tmp_path / "torch_home"))
+    opts = TINY_STAGE1 + [f"run.out_dir={tmp_path}", "train.rfid=true", "train.max_steps=1", "data.num_val=12",
+                          "train.eval_every=100", "loss.disc_start=100"]
+    r = subprocess.run([sys.executable, "train_vqgan.py", "run.name=one", *opts], cwd=ROOT, capture_output=True,
+                       text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stderr[-1500:]
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                        "train_vqgan.py", "run.name=two", *opts, "data.batch_size=2"], cwd=ROOT, capture_output=True,
+                       text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stderr[-1500:]
+    one, two = (json.load(open(f"{tmp_path}/{n}/metrics.json")) for n in ("one", "two"))
+    assert one["rfid"] > 0 and abs(two["rfid"] - one["rfid"]) < 1e-3 * one["rfid"], (one, two)
 
 
 @pytest.mark.slow

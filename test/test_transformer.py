@@ -277,7 +277,7 @@ def test_end_to_end_and_generate(tmp_path, stage1):
                       (["--grid", "abc"], "is not of the form HxW"),
                       (["--grid", "4x4"], "smaller than the trained window 8x8"),
                       (["--class", "5"], "--class 5 is out of range: this model has classes 0..4"),
-                      (["--num", "0"], "--num must be at least 1")]:
+                      (["--num", "0"], "--num 0 is out of range: must be at least 1")]:
         r = run_script("generate.py", "--checkpoint", ckpt, *args)
         assert r.returncode == 2 and msg in r.stderr and "Traceback" not in r.stderr, (args, r.stderr)
     r = run_script("generate.py", "--checkpoint", stage1)
