@@ -1,9 +1,12 @@
 """Sample images from a trained transformer and its stage-1 VQGAN.
 
-    python generate.py [--checkpoint runs/shapes_gpt/checkpoints/last.pt] [--num 8] [--grid HxW] [--class C]
+    python generate.py [--checkpoint runs/shapes_gpt/checkpoints/last.pt] [--num 8] [--grid HxW] [--class C|NAME]
                        [--temperature T] [--top-k K] [--top-p P] [--cfg-scale S] [--seed S] [--out PNG]
+                       [--condition MAP.png] [--complete IMAGE.png [--keep-rows R]] [--extend IMAGE.png]
 
---grid larger than the trained window samples a larger image with the sliding window.
+--grid larger than the trained window samples a larger image with the sliding window. --condition gives a
+conditional model its map (at the size to sample); --complete keeps the top R token rows of an image and samples
+the rest; --extend keeps an image in the top-left corner of a larger --grid and samples around it.
 """
 import argparse
 import difflib
@@ -15,11 +18,13 @@ import torch
 from torchvision.utils import save_image
 
 from transformer.loading import load_transformer
-from transformer.sampling import decode_images, sample
+from transformer.sampling import decode_images, raster_prefix, sample
+from utils.conditions import read_condition
 from utils.config import check_option
 from utils.data import CLASS_NAMES
 from utils.distributed import DistInfo, select_device
 from utils.errors import UserError, command
+from utils.images import read_image
 
 
 def parse_grid(text: str) -> tuple[int, int]:
@@ -58,6 +63,37 @@ def class_index(text: str, num_classes: int, names: list[str]) -> int:
                     + (f"; did you mean '{near[0]}'?" if near else ""))
 
 
+def image_tokens(path: str, option: str, vq, device) -> torch.Tensor:
+    """A user's image -> (1, h, w) its codes. Its size must be a multiple of the tokenizer's patches: it is not
+    resized, since that would change what is kept."""
+    x = read_image(path, vq.channels, option)
+    f = vq.cfg.downsample_factor
+    H, W = x.shape[2:]
+    if H % f or W % f:
+        raise UserError(f"{option}: '{path}' is {W}x{H} pixels, not a multiple of this model's {f}-pixel tokens; crop "
+                        f"or resize it to {W - W % f or f}x{H - H % f or f} (resizing is left to you: it would change "
+                        "what is kept)")
+    return vq.encode_to_indices(x.to(device))
+
+
+def condition_tokens(path, cond_vq, ckpt: dict, device):
+    """--condition MAP.png -> (1, h, w) its codes from the condition tokenizer; None without a map. A conditional
+    model needs one and only a conditional model takes one."""
+    if cond_vq is None:
+        if path:
+            raise UserError("--condition given, but this model is not conditional (trained without condition maps)")
+        return None
+    rec = ckpt["stage1_condition"]["data"]
+    if not path:
+        raise UserError(f"this model is conditional on {rec['condition']} maps: give one with --condition MAP.png")
+    m = read_condition(path, rec["condition"], cond_vq.channels, rec["condition_classes"], rec["condition_factor"])
+    f = cond_vq.cfg.downsample_factor
+    if m.shape[2] % f or m.shape[3] % f:
+        raise UserError(f"--condition: '{path}' gives a {m.shape[3]}x{m.shape[2]} map, not a multiple of this model's "
+                        f"{f}-pixel tokens")
+    return cond_vq.encode_to_indices(m.to(device))
+
+
 def generate(argv=None) -> None:
     p = argparse.ArgumentParser(description="Sample images from a trained transformer (stage 2).")
     p.add_argument("--checkpoint", default="runs/shapes_gpt/checkpoints/last.pt")
@@ -74,16 +110,53 @@ def generate(argv=None) -> None:
     p.add_argument("--save-individual", action="store_true", help="also write each image as its own PNG")
     p.add_argument("--no-kv-cache", action="store_true",
                    help="recompute the whole context for every token (slow: the speed without the cache)")
+    p.add_argument("--condition", default=None, metavar="MAP.png",
+                   help="conditional models: a class-index PNG, an edge map, a small image or a paired map")
+    p.add_argument("--complete", default=None, metavar="IMAGE.png", help="keep the top rows of this image")
+    p.add_argument("--keep-rows", type=int, default=None, help="token rows --complete keeps (default: half)")
+    p.add_argument("--extend", default=None, metavar="IMAGE.png", help="keep this image top-left in a larger --grid")
     p.add_argument("--device", default="auto")
     args = p.parse_args(argv)
+    if args.complete and args.extend:
+        raise UserError("--complete and --extend are two uses of a given image: choose one")
+    if args.keep_rows is not None and not args.complete:
+        raise UserError("--keep-rows is for --complete")
     for name, value, bounds in (("--num", args.num, dict(min=1)), ("--temperature", args.temperature, dict(above=0)),
                                 ("--top-k", args.top_k, dict(min=1)), ("--top-p", args.top_p, dict(above=0, max=1)),
                                 ("--cfg-scale", args.cfg_scale, dict(min=0))):
         check_option(name, value, **bounds)
     device = select_device(args.device, DistInfo(), "--device ")
-    gpt, vq, ckpt = load_transformer(args.checkpoint, device)
+    gpt, vq, cond_vq, ckpt = load_transformer(args.checkpoint, device)
     window = gpt.cfg.window
-    grid = parse_grid(args.grid) if args.grid else window
+    grid = parse_grid(args.grid) if args.grid else None
+    cond = condition_tokens(args.condition, cond_vq, ckpt, device)  # (1, h, w) or None
+    if cond is not None:
+        if grid is not None and grid != tuple(cond.shape[1:]):
+            raise UserError(f"--grid {grid[0]}x{grid[1]}, but the condition map gives a {cond.shape[1]}x"
+                            f"{cond.shape[2]} token grid: the map is given at the size to sample")
+        grid = tuple(cond.shape[1:])
+        cond = cond.expand(args.num, -1, -1)
+    tokens, keep = None, None
+    if args.complete:
+        given = image_tokens(args.complete, "--complete", vq, device)
+        if grid is not None and grid != tuple(given.shape[1:]):
+            raise UserError(f"--complete: the image gives a {given.shape[1]}x{given.shape[2]} token grid, not "
+                            f"{grid[0]}x{grid[1]}")
+        grid = tuple(given.shape[1:])
+        rows = args.keep_rows if args.keep_rows is not None else grid[0] // 2
+        check_option("--keep-rows", rows, min=0, max=grid[0])
+        tokens, keep = given.expand(args.num, -1, -1), raster_prefix(grid, rows * grid[1])
+    elif args.extend:
+        given = image_tokens(args.extend, "--extend", vq, device)
+        h, w = given.shape[1:]
+        if grid is None or grid[0] < h or grid[1] < w or grid == (h, w):
+            raise UserError(f"--extend needs a --grid larger than the image's {h}x{w} tokens (e.g. --grid "
+                            f"{h}x{2 * w})")
+        tokens = torch.zeros(args.num, *grid, dtype=torch.long, device=device)
+        tokens[:, :h, :w] = given
+        keep = torch.zeros(grid, dtype=torch.bool)
+        keep[:h, :w] = True
+    grid = grid or window
     if grid[0] < window[0] or grid[1] < window[1]:
         raise UserError(f"--grid {grid[0]}x{grid[1]} is smaller than the trained window {window[0]}x{window[1]}")
     cls = class_index(args.cls, gpt.cfg.num_classes, class_names_of(ckpt)) if args.cls is not None else None
@@ -96,7 +169,8 @@ def generate(argv=None) -> None:
               generator=torch.Generator(device=device).manual_seed(args.seed))
 
     t0 = time.time()
-    tokens = sample(gpt, args.num, grid, classes, use_cache=not args.no_kv_cache, **kw)
+    tokens = sample(gpt, args.num, grid, classes, cond=cond, tokens=tokens, keep=keep, use_cache=not args.no_kv_cache,
+                    **kw)
     if device.type == "cuda":
         torch.cuda.synchronize()
     elapsed = time.time() - t0
@@ -105,7 +179,8 @@ def generate(argv=None) -> None:
     out = args.out
     if out is None:
         run_dir = os.path.dirname(os.path.dirname(os.path.abspath(args.checkpoint)))
-        tag = f"seed{args.seed}_{grid[0]}x{grid[1]}" + (f"_class{cls}" if cls is not None else "")
+        tag = f"seed{args.seed}_{grid[0]}x{grid[1]}" + (f"_class{cls}" if cls is not None else "") + \
+            ("_completed" if args.complete else "_extended" if args.extend else "") + ("_cond" if cond is not None else "")
         out = os.path.join(run_dir, "samples", f"samples_{tag}.png")
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     if args.num == 1:
@@ -116,7 +191,7 @@ def generate(argv=None) -> None:
         stem = os.path.splitext(out)[0]
         for i, img in enumerate(images):
             save_image(img, f"{stem}_{i:03d}.png")
-    n_tok = args.num * grid[0] * grid[1]
+    n_tok = args.num * (grid[0] * grid[1] - (int(keep.sum()) if keep is not None else 0))
     mode = ("sliding window, " if grid != window else "") + ("no KV cache" if args.no_kv_cache else "KV cache")
     print(f"{args.num} image(s), grid {grid[0]}x{grid[1]} ({mode}): {n_tok} tokens in {elapsed:.2f}s = "
           f"{n_tok / max(elapsed, 1e-9):.0f} tokens/s")

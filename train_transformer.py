@@ -18,8 +18,10 @@ from torchvision.utils import make_grid
 
 from transformer.gpt import GPT, GPTConfig, legacy_gpt_config, model_args_of
 from transformer.loading import load_stage1
-from transformer.sampling import decode_images, sample
+from transformer.sampling import decode_images, raster_prefix, sample
+from transformer.sequences import crop_windows, make_inputs
 from transformer.tokens import cache_path, dataset_key, load_or_encode
+from utils.conditions import as_picture
 from utils.data import ResumableSampler, build_datasets
 from utils.distributed import all_reduce_sum
 from utils.errors import UserError
@@ -32,40 +34,9 @@ from utils.training import (load_init, main_guard, prepare_run_dir, restore, sav
                             wrap_ddp, write_config)
 
 
-def crop_windows(grids: torch.Tensor, window, generator=None) -> torch.Tensor:
-    """grids: (B, H, W) -> (B, wh*ww) raster sequences of one random wh x ww crop each."""
-    B, H, W = grids.shape
-    wh, ww = window
-    if (wh, ww) == (H, W):
-        return grids.reshape(B, -1)
-    top = torch.randint(0, H - wh + 1, (B,), generator=generator)
-    left = torch.randint(0, W - ww + 1, (B,), generator=generator)
-    rows = (top[:, None] + torch.arange(wh))[:, :, None]  # (B, wh, 1)
-    cols = (left[:, None] + torch.arange(ww))[:, None, :]  # (B, 1, ww)
-    return grids[torch.arange(B)[:, None, None], rows, cols].reshape(B, -1)  # (B, wh*ww)
-
-
-def make_inputs(seq: torch.Tensor, labels: torch.Tensor, gcfg: GPTConfig, pkeep: float = 1.0,
-                class_dropout: float = 0.0, generator=None) -> torch.Tensor:
-    """seq: (B, L) codes -> (B, L) inputs [prefix, seq[:-1]], with pkeep corruption and class dropout."""
-    B = seq.shape[0]
-    if gcfg.num_classes:
-        prefix = gcfg.codebook_size + labels.clone()
-        if class_dropout > 0:
-            drop = torch.rand(B, generator=generator) < class_dropout
-            prefix[drop] = gcfg.null_class_token
-    else:
-        prefix = torch.full((B,), gcfg.start_token, dtype=torch.long)
-    body = seq[:, :-1]
-    if pkeep < 1.0:
-        keep = torch.rand(body.shape, generator=generator) < pkeep
-        body = torch.where(keep, body, torch.randint_like(body, gcfg.codebook_size, generator=generator))
-    return torch.cat([prefix[:, None], body], 1)
-
-
 @torch.no_grad()
-def evaluate_loss(model, grids, labels, gcfg, batch_size, device, ctx, max_batches, rank, world):
-    """Validation cross-entropy (nats per token) over this rank's share, summed over ranks."""
+def evaluate_loss(model, grids, labels, gcfg, batch_size, device, ctx, max_batches, rank, world, conds=None):
+    """Validation cross-entropy (nats per image token) over this rank's share, summed over ranks."""
     model.eval()
     g = torch.Generator().manual_seed(1234)  # the same crops at every evaluation
     idx = torch.arange(rank, len(grids), world)
@@ -74,8 +45,8 @@ def evaluate_loss(model, grids, labels, gcfg, batch_size, device, ctx, max_batch
         if max_batches and b >= max_batches:
             break
         sel = idx[s:s + batch_size]
-        seq = crop_windows(grids[sel].long(), gcfg.window, g)
-        inp = make_inputs(seq, labels[sel], gcfg)
+        seq, *cond = crop_windows(gcfg.window, g, grids[sel].long(), *([conds[sel].long()] if conds is not None else []))
+        inp = make_inputs(seq, labels[sel], gcfg, cond=cond[0] if cond else None)
         with ctx:
             _, loss = model(inp.to(device), seq.to(device))
         tot[0] += loss.double() * seq.numel()
@@ -95,9 +66,13 @@ def train(argv=None):
     # ---------------------------------------------------------------- frozen stage 1 and the model: every check
     # comes before the run folder is made and before any image is encoded
     vq, stage1_record = load_stage1(cfg.stage1.checkpoint, device, ckpt["stage1"] if ckpt else None)
-    grid = complete_from_stage1(cfg, vq.cfg)
+    cond_vq, cond_record = None, None
+    if cfg.stage1.condition_checkpoint:
+        cond_vq, cond_record = load_stage1(cfg.stage1.condition_checkpoint, device,
+                                           ckpt["stage1_condition"] if ckpt else None)
+    grid = complete_from_stage1(cfg, vq.cfg, cond_record)
     train_set, val_set = build_datasets(d, cfg.run.seed, augment=False)  # encoded once: no random crops
-    gcfg = gpt_config(cfg, vq.cfg, grid, train_set.class_names)
+    gcfg = gpt_config(cfg, vq.cfg, grid, train_set.class_names, cond_vq.cfg if cond_vq is not None else None)
     class_names = list(train_set.class_names)[:gcfg.num_classes] if gcfg.num_classes else None
     if ckpt is not None and GPTConfig(**model_args_of(ckpt)) != gcfg:
         raise UserError(f"the checkpoint's model {model_args_of(ckpt)} differs from the one this config and the "
@@ -116,19 +91,21 @@ def train(argv=None):
     # ---------------------------------------------------------------- the token cache
     cache_dir = os.path.join(cfg.run.out_dir, "cache")
     key = dataset_key(d, cfg.run.seed, (train_set, val_set))
-    meta = {"stage1_sha256": stage1_record["sha256"], "codebook_size": vq.cfg.codebook_size, "grid": list(grid),
-            "dataset": key, "files": len(train_set.sources) + len(val_set.sources)}
+    shas = [stage1_record["sha256"]] + ([cond_record["sha256"]] if cond_record else [])
+    meta = {"stage1_sha256": shas, "codebook_size": vq.cfg.codebook_size, "grid": list(grid), "dataset": key,
+            "files": len(train_set.sources) + len(val_set.sources)}
     data, token_cache = {}, {}
     for split, ds in (("train", train_set), ("val", val_set)):
-        path = token_cache[split] = cache_path(cache_dir, stage1_record["sha256"], key, split)
+        path = token_cache[split] = cache_path(cache_dir, shas, key, split)
         if dist_info.is_main:  # one process encodes; the others wait, then read
-            data[split] = load_or_encode(path, vq, ds, device, {**meta, "split": split}, log, d.num_workers)
+            data[split] = load_or_encode(path, vq, ds, device, {**meta, "split": split}, log, d.num_workers, cond_vq)
         if dist_info.enabled:
             dist.barrier()
         if not dist_info.is_main:
-            data[split] = load_or_encode(path, vq, ds, device, {**meta, "split": split})
+            data[split] = load_or_encode(path, vq, ds, device, {**meta, "split": split}, cond_vq=cond_vq)
     train_grids, train_labels = data["train"]["tokens"], data["train"]["labels"]
     val_grids, val_labels = data["val"]["tokens"], data["val"]["labels"]
+    train_conds, val_conds = data["train"].get("cond_tokens"), data["val"].get("cond_tokens")
     window = gcfg.window
 
     # ---------------------------------------------------------------- model
@@ -160,22 +137,30 @@ def train(argv=None):
     def save(at_step: int) -> None:
         save_checkpoint(run, at_step, epoch, batch_in_epoch, model_args=model.model_args,
                         gpt_config=legacy_gpt_config(gcfg), model=model.state_dict(), optimizer=opt.state_dict(),
-                        scaler=scaler.state_dict(), stage1=stage1_record, window=list(window), grid=list(grid),
-                        class_names=class_names, token_cache=token_cache)
+                        scaler=scaler.state_dict(), stage1=stage1_record, stage1_condition=cond_record,
+                        window=list(window), grid=list(grid), class_names=class_names, token_cache=token_cache)
 
     def validate(at_step: int) -> dict:
         with rng_kept():
             val_loss = evaluate_loss(model, val_grids, val_labels, gcfg, micro, device, ctx, t.eval_batches,
-                                     dist_info.rank, dist_info.world_size)
+                                     dist_info.rank, dist_info.world_size, val_conds)
             metrics = {"step": at_step, "val_loss": val_loss, "val_perplexity": math.exp(min(val_loss, 50.0))}
             if dist_info.is_main:
                 model.eval()
                 n, k = sc.num, min(sc.num, len(val_grids))
-                toks = sample(model, n, grid, generator=torch.Generator(device).manual_seed(cfg.run.seed), **options)
-                logger.image("val/samples", make_grid(decode_images(vq, toks), nrow=min(n, 8), padding=1), at_step)
+                conds = None if val_conds is None else val_conds[:k].long().to(device)  # the val images' maps
+                toks = sample(model, n if conds is None else k, grid, cond=conds,
+                              generator=torch.Generator(device).manual_seed(cfg.run.seed), **options)
+                shown = decode_images(vq, toks)
+                if conds is not None:  # each condition map above the sample drawn for it
+                    maps = as_picture(cond_vq.decode_indices(conds).float(), d.condition, logits=True).cpu()
+                    shown = torch.cat([maps.expand(-1, shown.shape[1], -1, -1), shown])
+                logger.image("val/samples", make_grid(shown, nrow=min(n, 8) if conds is None else k, padding=1),
+                             at_step)
                 real = val_grids[:k].long().to(device)
                 classes = val_labels[:k].tolist() if gcfg.num_classes else None
-                done = sample(model, k, grid, classes, tokens=real, start=(grid[0] // 2) * grid[1],
+                done = sample(model, k, grid, classes, cond=conds, tokens=real,
+                              keep=raster_prefix(grid, (grid[0] // 2) * grid[1]),
                               generator=torch.Generator(device).manual_seed(cfg.run.seed), **options)
                 images = torch.cat([decode_images(vq, real), decode_images(vq, done)])
                 logger.image("val/completions_real_above_completed", make_grid(images, nrow=k, padding=1), at_step)
@@ -203,8 +188,9 @@ def train(argv=None):
                 order = iter(sampler)
                 sel = [i for _, i in zip(range(micro), order)]
             batch_in_epoch += 1
-            seq = crop_windows(train_grids[sel].long(), window)
-            inp = make_inputs(seq, train_labels[sel], gcfg, t.pkeep, t.class_dropout)
+            seq, *cond = crop_windows(window, None, train_grids[sel].long(),
+                                      *([train_conds[sel].long()] if train_conds is not None else []))
+            inp = make_inputs(seq, train_labels[sel], gcfg, t.pkeep, t.class_dropout, cond=cond[0] if cond else None)
             last = k == t.grad_accum - 1
             with nullcontext() if last or not dist_info.enabled else fwd.no_sync():
                 with ctx:

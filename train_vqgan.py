@@ -15,7 +15,8 @@ from utils.distributed import all_reduce_sum
 from utils.errors import UserError
 from utils.loop import (EMA, StopSignal, check_step, clip_gradients, due, end_of_run, evaluate_and_save, figures,
                         keeps_signal_handlers, optimizer_step, rng_kept, set_lr)
-from utils.metrics import FeatureStats, InceptionFeatures, frechet_distance, psnr, ssim
+from utils.conditions import as_picture, class_targets
+from utils.metrics import ClassMapScores, FeatureStats, InceptionFeatures, frechet_distance, psnr, ssim
 from utils.precision import autocast_context
 from utils.runlog import RunLogger
 from utils.stage1_config import Stage1Config
@@ -29,12 +30,14 @@ from vqgan.model import VQGAN
 
 
 @torch.no_grad()
-def evaluate(model, loader, device, ctx, lpips=None, inception=None, max_batches=0):
-    """Validation figures over the (sharded) val split, summed across ranks, and the first batch's images."""
+def evaluate(model, loader, device, ctx, lpips=None, inception=None, max_batches=0, class_maps=False):
+    """Validation figures over the (sharded) val split, summed across ranks, and the first batch's images. A
+    tokenizer of class maps (class_maps) is scored by pixel accuracy and mean IoU instead of image figures."""
     model.eval()
     K = model.codebook.codebook_size
     sums = torch.zeros(5, device=device, dtype=torch.float64)  # psnr, ssim, l1, lpips, count
     counts = torch.zeros(K, device=device)
+    scores = ClassMapScores(model.channels, device) if class_maps else None
     first = None
     real, fake = (FeatureStats(2048, device), FeatureStats(2048, device)) if inception is not None else (None, None)
     for i, (x, _) in enumerate(loader):
@@ -44,6 +47,12 @@ def evaluate(model, loader, device, ctx, lpips=None, inception=None, max_batches
         with ctx:
             x_rec, _, info = model(x)
         x_rec = x_rec.float()
+        counts += torch.bincount(info["indices"].flatten(), minlength=K).float()
+        if first is None:
+            first = (x[:8].cpu(), x_rec[:8].cpu())
+        if scores is not None:
+            scores.update(x_rec, class_targets(x))
+            continue
         a, b = (x + 1) / 2, ((x_rec + 1) / 2).clamp(0, 1)
         sums[0] += psnr(a, b).sum()
         sums[1] += ssim(a, b).sum()
@@ -51,16 +60,15 @@ def evaluate(model, loader, device, ctx, lpips=None, inception=None, max_batches
         if lpips is not None:
             sums[3] += lpips(x_rec, x).sum()
         sums[4] += x.shape[0]
-        counts += torch.bincount(info["indices"].flatten(), minlength=K).float()
         if inception is not None:
             real.update(inception(x))
             fake.update(inception(x_rec.clamp(-1, 1)))
-        if first is None:
-            first = (x[:8].cpu(), x_rec[:8].cpu())
     all_reduce_sum(sums)
     all_reduce_sum(counts)  # a code counts as used when any rank used it
     n = max(1.0, sums[4].item())
     used, ppl = usage_from_counts(counts)
+    if scores is not None:
+        return {**scores.all_reduce().result(), "codebook_usage": used, "perplexity": ppl}, first
     out = {"psnr": sums[0].item() / n, "ssim": sums[1].item() / n, "l1": sums[2].item() / n,
            "codebook_usage": used, "perplexity": ppl}
     if lpips is not None:
@@ -95,7 +103,7 @@ def train(argv=None):
     # ---------------------------------------------------------------- models and losses
     torch.manual_seed(cfg.run.seed)  # identical initialisation on every rank
     model = VQGAN(cfg.model).to(device)
-    disc = PatchDiscriminator(cfg.data.channels, lc.disc_channels, lc.disc_layers).to(device)
+    disc = PatchDiscriminator(cfg.model.channels, lc.disc_channels, lc.disc_layers).to(device)
     if run.init is not None:
         load_init(run, model=model, disc=disc)
         model.codebook.reset_usage()  # a new run counts code use afresh
@@ -124,6 +132,7 @@ def train(argv=None):
         d_train = disc
     ctx = autocast_context(device, run.precision)
     weights = LossWeights(lc.l1_weight, lc.l2_weight, lc.perceptual_weight, lc.codebook_weight, lc.disc_weight)
+    class_maps = cfg.data.tokenize == "condition" and cfg.data.condition == "segmentation"  # cross-entropy on classes
     stop = StopSignal()
     n_params = sum(p.numel() for p in model.parameters())
     log.info(f"run folder {run.dir} | {device} {run.precision} x{dist_info.world_size} | VQGAN {n_params / 1e6:.2f}M "
@@ -140,10 +149,12 @@ def train(argv=None):
     def validate(at_step: int) -> dict:
         with rng_kept():
             net = ema.model if ema is not None else model
-            metrics, (x, x_rec) = evaluate(net, val_loader, device, ctx, lpips, inception, t.eval_batches)
+            metrics, (x, x_rec) = evaluate(net, val_loader, device, ctx, lpips, inception, t.eval_batches, class_maps)
         model.train()
         metrics = {"step": at_step, **metrics}
         logger.scalars("val", {k: v for k, v in metrics.items() if k != "step"}, at_step)
+        if cfg.data.tokenize == "condition":  # maps as pictures: class maps in colour
+            x, x_rec = as_picture(x, cfg.data.condition) * 2 - 1, as_picture(x_rec, cfg.data.condition, class_maps) * 2 - 1
         grid = make_grid(torch.cat([x, x_rec.clamp(-1, 1)]).add(1).div(2), nrow=x.shape[0], padding=1)
         logger.image("val/inputs_above_reconstructions", grid, at_step)
         logger.metrics(metrics)
@@ -185,7 +196,8 @@ def train(argv=None):
                     else 1.0 / t.grad_accum
                 # the generator pass uses the bare discriminator: its weights get no update from it
                 terms = generator_backward(x, x_rec, vq_loss, last_layer, weights, lpips,
-                                           disc if gan_on else None, grad_scale, ctx)
+                                           disc if gan_on else None, grad_scale, ctx,
+                                           class_targets(x) if class_maps else None)
             if gan_on:
                 d_sync = nullcontext() if last_micro or not dist_info.enabled else d_train.no_sync()
                 with d_sync:
@@ -221,8 +233,9 @@ def train(argv=None):
             logged.update(lr=opt.param_groups[0]["lr"], images_per_sec=images_since / max(elapsed, 1e-9),
                           codebook_usage=used, perplexity=ppl, restarted_codes=restarted)
             logger.scalars("train", logged, step)
-            logger.bar.set_postfix(loss=f"{logged['total']:.4f}", l1=f"{logged['l1']:.4f}", usage=f"{used:.2f}",
-                            img_s=f"{logged['images_per_sec']:.0f}")
+            rec = "ce" if class_maps else "l1"
+            logger.bar.set_postfix({"loss": f"{logged['total']:.4f}", rec: f"{logged[rec]:.4f}", "usage": f"{used:.2f}",
+                                    "img_s": f"{logged['images_per_sec']:.0f}"})
             sums, n_sums, t_log, images_since = {}, 0, time.time(), 0
         metrics = evaluate_and_save(run, step, stopping, validate, save, metrics)
     end_of_run(run, logger, step, stop if stopping else None, metrics, validate, save)

@@ -10,7 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from utils.data import CLASS_NAMES, ArrayDataset, ResumableSampler, build_datasets, fit_size, to_tensor
+from utils.data import CLASS_NAMES, ArrayDataset, ResumableSampler, build_datasets
+from utils.images import fit_size, to_tensor
 from utils.datafiles import read_idx
 from utils.shapes import SHAPE_CLASSES, SHAPE_PALETTE, render_shapes
 from utils.errors import UserError

@@ -13,7 +13,8 @@ import transformer.tokens
 from conftest import ROOT
 from helpers import TINY_STAGE1, TINY_STAGE2, load, max_weight_diff, run_script
 from transformer.gpt import GPT, GPTConfig, KVCache, explicit_attention
-from transformer.sampling import _Stepper, filter_logits, prefix_tokens, sample, window_origin
+from transformer.sampling import _Stepper, filter_logits, prefix_tokens, raster_prefix, sample, window_origin
+from transformer.sequences import crop_windows, make_inputs
 from utils.errors import UserError
 
 
@@ -157,12 +158,12 @@ def test_completion_keeps_the_given_tokens_and_continues_them(grid, monkeypatch)
     seen = []
     real = _Stepper.logits
 
-    def record(self, ctx, key):
-        out = real(self, ctx, key)
+    def record(self, prefix, ctx, key):
+        out = real(self, prefix, ctx, key)
         seen.append((ctx.clone(), out.clone()))
         return out
     monkeypatch.setattr(_Stepper, "logits", record)
-    out = sample(g, 2, grid, tokens=given, start=start, generator=torch.Generator().manual_seed(0))
+    out = sample(g, 2, grid, tokens=given, keep=raster_prefix(grid, start), generator=torch.Generator().manual_seed(0))
     flat, gflat = out.reshape(2, -1), given.reshape(2, -1)
     assert torch.equal(flat[:, :start], gflat[:, :start])
     assert len(seen) == grid[0] * grid[1] - start  # one prediction per sampled position, none for kept ones
@@ -170,7 +171,7 @@ def test_completion_keeps_the_given_tokens_and_continues_them(grid, monkeypatch)
     first = seen[0][1]
     other = given.clone()
     other.reshape(2, -1)[:, :start] = (gflat[:, :start] + 1) % 10
-    sample(g, 2, grid, tokens=other, start=start, generator=torch.Generator().manual_seed(0))
+    sample(g, 2, grid, tokens=other, keep=raster_prefix(grid, start), generator=torch.Generator().manual_seed(0))
     assert (seen[len(flat[0]) - start][1] - first).abs().max() > 1e-3
 
 
@@ -192,9 +193,9 @@ def test_sliding_window_conditions_on_tokens_before_it_inside_its_window(monkeyp
     seen = []
     real = _Stepper.logits
 
-    def record(self, context, key):
+    def record(self, prefix, context, key):
         seen.append((context.clone(), key))
-        return real(self, context, key)
+        return real(self, prefix, context, key)
     monkeypatch.setattr(_Stepper, "logits", record)
     H, W, wh, ww = 5, 7, 3, 4
     out = sample(g, 2, (H, W), generator=torch.Generator().manual_seed(1))
@@ -215,22 +216,24 @@ def test_sliding_window_errors():
 
 def test_crop_windows_and_inputs():
     grids = torch.arange(2 * 4 * 5).reshape(2, 4, 5)
-    seq = train_transformer.crop_windows(grids, (2, 3), torch.Generator().manual_seed(0))
+    seq, = crop_windows((2, 3), torch.Generator().manual_seed(0), grids)
     assert seq.shape == (2, 6)
     for b in range(2):
         r, c = divmod(int(seq[b, 0]) - b * 20, 5)
         assert torch.equal(seq[b], grids[b, r:r + 2, c:c + 3].reshape(-1))
-    assert torch.equal(train_transformer.crop_windows(grids, (4, 5)), grids.reshape(2, -1))
+    assert torch.equal(crop_windows((4, 5), None, grids)[0], grids.reshape(2, -1))
+    a, b = crop_windows((2, 3), torch.Generator().manual_seed(0), grids, grids + 100)
+    assert torch.equal(a, seq) and torch.equal(b, seq + 100)  # an image grid and its condition grid alike
     cfg = GPTConfig(codebook_size=100, window=(2, 3), num_classes=3)
-    inp = train_transformer.make_inputs(seq, torch.tensor([2, 0]), cfg)
+    inp = make_inputs(seq, torch.tensor([2, 0]), cfg)
     assert inp[:, 0].tolist() == [102, 100] and torch.equal(inp[:, 1:], seq[:, :-1])
-    inp = train_transformer.make_inputs(seq.repeat(500, 1), torch.zeros(1000, dtype=torch.long), cfg,
+    inp = make_inputs(seq.repeat(500, 1), torch.zeros(1000, dtype=torch.long), cfg,
                                         pkeep=0.5, class_dropout=0.2, generator=torch.Generator().manual_seed(0))
     assert 0.15 < (inp[:, 0] == 103).float().mean() < 0.25  # null class for ~20%
     changed = (inp[:, 1:] != seq.repeat(500, 1)[:, :-1]).float().mean()
     assert 0.4 < changed < 0.55  # ~half replaced by random codes (some by themselves)
     u = GPTConfig(codebook_size=100, window=(2, 3))
-    assert (train_transformer.make_inputs(seq, torch.tensor([-1, -1]), u)[:, 0] == 100).all()
+    assert (make_inputs(seq, torch.tensor([-1, -1]), u)[:, 0] == 100).all()
 
 
 @pytest.fixture(scope="module")

@@ -390,3 +390,29 @@ def test_precision_auto(monkeypatch, tmp_path, vqgan_log):
     first = vqgan_log()[0]
     assert first.startswith("precision fp32 (train.precision=auto: this CPU has neither"), first
     assert "cpu fp32 x1" in next(m for m in vqgan_log() if m.startswith("run folder"))
+
+
+def test_sample_eval_scores_a_class_conditional_run(tmp_path, monkeypatch):
+    """The scoring tool end to end on a tiny run, with a classifier trained on a few hundred images (the real recipe
+    renders 30,000): every class scored, the decoy counted, the ceiling and the Fréchet figures, the JSON."""
+    import json
+
+    from utils import classifier, sample_eval
+    monkeypatch.setattr(classifier, "SHAPES_TRAIN", 600)
+    monkeypatch.setattr(classifier, "SHAPES_HELD_OUT", 120)
+    monkeypatch.setattr(classifier, "EPOCHS", 2)
+    s1 = stage1(tmp_path, "s1")
+    d = stage2(tmp_path, s1, "g", "model.class_conditional=true", "train.max_steps=2")
+    sample_eval.main([d, "--per-class", "3", "--cfg-scale", "1.5"])
+    r = json.load(open(f"{d}/sample_eval.json"))
+    assert list(r["per_class"]) == ["circle", "square", "triangle", "ring", "cross"]
+    assert all(0 <= row["accuracy"] <= 1 and 0 <= row["taken_for_v"] <= 1 for row in r["per_class"].values())
+    assert r["sampling"]["cfg_scale"] == 1.5 and r["samples_per_class"] == 3 and r["frechet_images"]["samples"] == 15
+    assert r["classifier_held_out"] == 120 and 0 <= r["classifier_held_out_accuracy"] <= 1
+    assert r["frechet_samples_to_val"] >= 0 and r["frechet_train_to_val"] >= 0
+    assert set(r["recon_accuracy"]) == set(r["per_class"])
+    assert any(f.startswith("classifier_shapes-") for f in os.listdir(tmp_path / "cache"))  # trained once, cached
+    u = stage2(tmp_path, s1, "u", "model.class_conditional=false", "train.max_steps=1")
+    with pytest.raises(SystemExit) as e:
+        sample_eval.main([u])
+    assert e.value.code == 2

@@ -1,9 +1,11 @@
 """A GPT over codebook indices (minGPT/nanoGPT mould) with a preallocated KV cache.
 
 Vocabulary: ids 0..K-1 are codes; K.. are special tokens that only ever appear as the one-token
-prefix: a start token for unconditional models, or one token per class plus a "null" class (for
-classifier-free guidance) for class-conditional ones. The output head predicts codes only, so a
-special token can never be sampled.
+prefix: a start token for unconditional and conditional models, or one token per class plus a "null"
+class (for classifier-free guidance) for class-conditional ones; then, for conditional models, the
+Kc codes of the condition tokenizer. A conditional sequence is [the window's condition codes, start,
+image codes]: the condition comes first (the official cond_stage layout) and the loss is taken on the
+image codes only. The output head predicts image codes only, so no other token can ever be sampled.
 """
 import math
 from dataclasses import asdict, dataclass
@@ -22,6 +24,7 @@ class GPTConfig:
     codebook_size: int          # K: number of codes (the output classes)
     window: tuple[int, int]     # (h, w): the token grid of one training sequence, sampled in raster order
     num_classes: int = 0        # 0: unconditional
+    cond_codebook_size: int = 0  # Kc: codes of the condition tokenizer; 0: no condition map
     n_layer: int = 8
     n_head: int = 8
     n_embd: int = 512
@@ -32,11 +35,17 @@ class GPTConfig:
 
     @property
     def block_size(self) -> int:
-        """Tokens per sequence: window_h * window_w (the prefix takes slot 0, the last code is never an input)."""
-        return self.window[0] * self.window[1]
+        """Tokens per sequence: window_h * window_w (the prefix takes slot 0, the last code is never an input),
+        preceded by as many condition codes for a conditional model."""
+        return self.window[0] * self.window[1] * (2 if self.cond_codebook_size else 1)
 
     @property
     def vocab_size(self) -> int:
+        return self.cond_offset + self.cond_codebook_size
+
+    @property
+    def cond_offset(self) -> int:
+        """The id of condition code 0: after the image codes and the special tokens."""
         return self.codebook_size + (self.num_classes + 1 if self.num_classes else 1)
 
     @property
@@ -153,7 +162,7 @@ class GPT(nn.Module):
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor = None):
         """idx: (B, T) token ids (prefix first) -> (logits (B, T, K), the mean cross-entropy in nats per token
-        against targets (B, T), or None without targets)."""
+        of the last T' positions against targets (B, T'), or None without targets)."""
         B, T = idx.shape
         if T > self.cfg.block_size:
             raise ValueError(f"sequence of {T} tokens is longer than block_size {self.cfg.block_size}")
@@ -163,7 +172,8 @@ class GPT(nn.Module):
         logits = self.head(self.ln_f(x))  # (B, T, K)
         if targets is None:
             return logits, None
-        return logits, F.cross_entropy(logits.float().view(-1, logits.shape[-1]), targets.reshape(-1))
+        scored = logits[:, -targets.shape[1]:]  # the image positions: a conditional prefix is never a target
+        return logits, F.cross_entropy(scored.float().reshape(-1, scored.shape[-1]), targets.reshape(-1))
 
     def forward_cached(self, idx: torch.Tensor, cache: KVCache, pos: int) -> torch.Tensor:
         """Runs idx (B, T) at positions pos..pos+T-1 through the cache; returns the last position's

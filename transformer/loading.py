@@ -6,7 +6,7 @@ whose content has changed since (e.g. stage 1 was resumed and overwrote `last.pt
 the pair is used again: resuming the transformer's training, sampling from it, and the tools.
 """
 import os
-from typing import Optional
+from typing import NamedTuple, Optional
 
 from transformer.gpt import GPT
 from utils.checkpoint import file_sha256, load_checkpoint_file
@@ -22,21 +22,36 @@ def load_stage1(path: str, device="cpu", recorded: Optional[dict] = None) -> tup
     if recorded is not None and not os.path.isfile(path):
         raise UserError(f"the stage-1 checkpoint this transformer was trained on is missing: '{path}' "
                         "(paths are relative to the directory the training ran in)")
-    vq = VQGAN.from_checkpoint(path, map_location="cpu").to(device)
+    ckpt = load_checkpoint_file(path, "vqgan")
+    vq = VQGAN.from_checkpoint(ckpt).to(device)
     sha = file_sha256(path)
     if recorded is not None and recorded["sha256"] != sha:
         raise UserError(f"the stage-1 checkpoint '{path}' has changed since this transformer was trained (sha256 "
                         f"{recorded['sha256'][:12]} then, {sha[:12]} now; e.g. stage 1 was resumed): the "
                         "transformer's tokens stand for the codes of the original file; restore that file, or train "
                         "a new transformer (run.name=...) on the new stage-1 model")
+    data = ckpt["config"]["data"]
     record = {"checkpoint": path, "sha256": sha, "model": vq.model_args,
-              "data": {"image_size": vq.image_size, "channels": vq.channels}}
+              "data": {"image_size": vq.image_size, "channels": vq.channels, "tokenize": data.get("tokenize", "image"),
+                       "condition": data.get("condition", "none"), "condition_classes": data.get("condition_classes", 0),
+                       "condition_factor": data.get("condition_factor", 4)}}
     return vq, record
 
 
-def load_transformer(path: str, device="cpu") -> tuple[GPT, VQGAN, dict]:
-    """(GPT, its stage-1 VQGAN, the checkpoint dict) of a transformer checkpoint, both models frozen on `device`."""
+class Transformer(NamedTuple):
+    gpt: GPT
+    vq: VQGAN                     # the image tokenizer
+    cond_vq: Optional[VQGAN]      # the condition tokenizer of a conditional model
+    ckpt: dict
+
+
+def load_transformer(path: str, device="cpu") -> Transformer:
+    """A transformer checkpoint's GPT, its stage-1 VQGAN (and the condition tokenizer of a conditional model), all
+    frozen on `device`, and the checkpoint dict."""
     ckpt = load_checkpoint_file(path, "transformer")
     gpt = GPT.from_checkpoint(ckpt).to(device)
     vq, _ = load_stage1(ckpt["stage1"]["checkpoint"], device, recorded=ckpt["stage1"])
-    return gpt, vq, ckpt
+    cond_vq = None
+    if ckpt.get("stage1_condition"):
+        cond_vq, _ = load_stage1(ckpt["stage1_condition"]["checkpoint"], device, recorded=ckpt["stage1_condition"])
+    return Transformer(gpt, vq, cond_vq, ckpt)

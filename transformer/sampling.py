@@ -44,22 +44,22 @@ def prefix_tokens(gpt: GPT, batch: int, classes: Optional[Sequence[int]], device
 class _Stepper:
     """Next-token logits for B sequences, with classifier-free guidance by a doubled batch."""
 
-    def __init__(self, gpt: GPT, prefix: torch.Tensor, cfg_scale: float, use_cache: bool = True):
+    def __init__(self, gpt: GPT, batch: int, cfg_scale: float, use_cache: bool = True):
         self.gpt, self.cfg_scale, self.use_cache = gpt, cfg_scale, use_cache
         self.guided = gpt.cfg.num_classes > 0 and cfg_scale != 1.0
-        if self.guided:
-            prefix = torch.cat([prefix, torch.full_like(prefix, gpt.cfg.null_class_token)])
-        self.prefix = prefix  # (B or 2B,)
         p = next(gpt.parameters())
-        self.cache = KVCache(gpt.cfg, prefix.shape[0], p.device, p.dtype) if use_cache else None
+        rows = 2 * batch if self.guided else batch
+        self.cache = KVCache(gpt.cfg, rows, p.device, p.dtype) if use_cache else None
         self.key = None  # which context the cache holds (the window's corner)
 
-    def logits(self, context: torch.Tensor, key) -> torch.Tensor:
-        """context: (B, p) tokens preceding the one to predict -> (B, K) logits for it. Continues the
-        cache when it holds exactly these tokens but the last (same key), else refills it."""
-        if self.guided:
+    def logits(self, prefix: torch.Tensor, context: torch.Tensor, key) -> torch.Tensor:
+        """prefix: (B, P) what precedes the codes (a start or class token, after the window's condition codes for a
+        conditional model); context: (B, p) the codes preceding the one to predict -> (B, K) logits for it.
+        Continues the cache when it holds exactly these tokens but the last (same key), else refills it."""
+        if self.guided:  # the unconditional half: the null class instead of the class token
+            prefix = torch.cat([prefix, torch.full_like(prefix, self.gpt.cfg.null_class_token)])
             context = torch.cat([context, context])
-        seq = torch.cat([self.prefix[:, None], context], 1)  # (B', p+1)
+        seq = torch.cat([prefix, context], 1)  # (B', P+p)
         if not self.use_cache:
             out = self.gpt(seq)[0][:, -1]
         elif key == self.key and self.cache.length == seq.shape[1] - 1:
@@ -80,15 +80,23 @@ def window_origin(i: int, j: int, grid: tuple[int, int], window: tuple[int, int]
     return min(max(i - wh // 2, 0), H - wh), min(max(j - ww // 2, 0), W - ww)
 
 
+def raster_prefix(grid: tuple[int, int], n: int) -> torch.Tensor:
+    """(H, W) bool: True on the first n positions in raster order (what a completion keeps)."""
+    return (torch.arange(grid[0] * grid[1]) < n).reshape(grid)
+
+
 @torch.inference_mode()
 def sample(gpt: GPT, batch: int, grid: Optional[tuple[int, int]] = None, classes: Optional[Sequence[int]] = None,
            temperature: float = 1.0, top_k: Optional[int] = None, top_p: Optional[float] = None,
-           cfg_scale: float = 1.0, generator: Optional[torch.Generator] = None, tokens: Optional[torch.Tensor] = None,
-           start: int = 0, use_cache: bool = True) -> torch.Tensor:
+           cfg_scale: float = 1.0, generator: Optional[torch.Generator] = None, cond: Optional[torch.Tensor] = None,
+           tokens: Optional[torch.Tensor] = None, keep: Optional[torch.Tensor] = None,
+           use_cache: bool = True) -> torch.Tensor:
     """Samples `batch` token grids of size `grid` (default: the model's window) -> (B, H, W) long.
 
     classes: class ids for a class-conditional model (cycled; None cycles through all of them).
-    tokens/start: a (B, H, W) grid whose first `start` positions in raster order are kept (completion).
+    cond: (B, H, W) condition codes for a conditional model, windowed at the same positions as the image.
+    tokens/keep: a (B, H, W) grid and a (H, W) bool mask of the positions to keep from it (completion,
+    out-painting); the others are sampled in raster order, each from the tokens before it in its window.
     cfg_scale: classifier-free guidance. use_cache=False runs the whole window context for every token
     (the reference scheme, and the speed baseline)."""
     window = gpt.cfg.window
@@ -96,15 +104,25 @@ def sample(gpt: GPT, batch: int, grid: Optional[tuple[int, int]] = None, classes
     wh, ww = window
     if H < wh or W < ww:
         raise ValueError(f"grid {H}x{W} is smaller than the window {wh}x{ww}")
+    if (cond is not None) != (gpt.cfg.cond_codebook_size > 0):
+        raise ValueError("a conditional model needs cond, and only a conditional model takes it")
     device = next(gpt.parameters()).device
     out = torch.zeros(batch, H, W, dtype=torch.long, device=device) if tokens is None else tokens.clone().to(device)
-    step = _Stepper(gpt, prefix_tokens(gpt, batch, classes, device), cfg_scale, use_cache)
-    for pos in range(start, H * W):
+    keep = torch.zeros(grid, dtype=torch.bool) if keep is None else keep.cpu()
+    start = prefix_tokens(gpt, batch, classes, device)[:, None]  # (B, 1)
+    step = _Stepper(gpt, batch, cfg_scale, use_cache)
+    for pos in range(H * W):
         i, j = divmod(pos, W)
+        if keep[i, j]:
+            continue
         top, left = window_origin(i, j, grid, window)
         li, lj = i - top, j - left
         ctx = out[:, top:top + wh, left:left + ww].reshape(batch, -1)[:, :li * ww + lj]  # (B, p) before (i, j)
-        probs = filter_logits(step.logits(ctx, key=(top, left)), temperature, top_k, top_p)
+        prefix = start
+        if cond is not None:  # the window's condition codes, then the start token
+            prefix = torch.cat([cond[:, top:top + wh, left:left + ww].reshape(batch, -1).to(device)
+                                + gpt.cfg.cond_offset, start], 1)
+        probs = filter_logits(step.logits(prefix, ctx, key=(top, left)), temperature, top_k, top_p)
         out[:, i, j] = torch.multinomial(probs, 1, generator=generator)[:, 0]
     return out
 

@@ -1,7 +1,8 @@
 """Token grids of a dataset, encoded once by the frozen stage-1 model and cached on disk.
 
-A cache file is named by the stage-1 checkpoint's content hash, the dataset with two short hashes (of the
-settings that define its images, and of its files: their sorted names, sizes and modification times), and
+A cache file is named by the content hash of each tokenizer used (the image tokenizer, and the condition
+tokenizer of a conditional model, whose token grids the file holds too), the dataset with two short hashes (of
+the settings that define its images, and of its files: their sorted names, sizes and modification times), and
 the split. Runs share it; a changed stage-1 model or changed files can never be paired with stale tokens,
 and when the files of a dataset change, the run says so and encodes them again.
 """
@@ -26,6 +27,10 @@ def dataset_key(data, seed: int, datasets) -> str:
     and a hash of the files `datasets` were read from (path, size, modification time; cheap, no file is read)."""
     settings = {"dataset": data.dataset, "image_size": data.image_size, "channels": data.channels,
                 "labels": data.labels}
+    if data.condition != "none":
+        settings.update(condition=data.condition, condition_root=data.condition_root and
+                        os.path.abspath(data.condition_root), condition_factor=data.condition_factor,
+                        condition_classes=data.condition_classes)
     if data.dataset == "shapes":
         settings.update(num_train=data.num_train, num_val=data.num_val, seed=seed)
     else:
@@ -40,8 +45,10 @@ def dataset_key(data, seed: int, datasets) -> str:
     return f"{data.dataset}-{_digest(settings)}-{_digest(sorted(files))}"
 
 
-def cache_path(cache_dir: str, stage1_sha: str, key: str, split: str) -> str:
-    return os.path.join(cache_dir, f"{stage1_sha[:16]}_{key}_{split}.pt")
+def cache_path(cache_dir: str, tokenizer_shas, key: str, split: str) -> str:
+    """tokenizer_shas: the image tokenizer's content hash, then the condition tokenizer's when there is one."""
+    shas = [tokenizer_shas] if isinstance(tokenizer_shas, str) else list(tokenizer_shas)
+    return os.path.join(cache_dir, f"{'+'.join(s[:16] for s in shas)}_{key}_{split}.pt")
 
 
 @torch.inference_mode()
@@ -56,9 +63,10 @@ def encode_dataset(vq, dataset, device, batch_size: int = 64, num_workers: int =
     return torch.cat(toks), torch.cat(labels)
 
 
-def load_or_encode(path: str, vq, dataset, device, meta: dict, log=None, num_workers: int = 0) -> dict:
-    """The cached {"tokens", "labels", "meta"} at `path`, or encode the dataset and write it there.
-    A cache whose metadata disagrees with `meta` (codebook size, grid, stage-1 hash) is an error."""
+def load_or_encode(path: str, vq, dataset, device, meta: dict, log=None, num_workers: int = 0, cond_vq=None) -> dict:
+    """The cached {"tokens", "labels", "meta"} at `path` (with cond_vq also "cond_tokens": the grids of the
+    condition maps), or encode the dataset and write it there. A cache whose metadata disagrees with `meta`
+    (codebook size, grid, tokenizer hashes) is an error."""
     if os.path.isfile(path):
         cached = torch.load(path, map_location="cpu", weights_only=True)
         for k, v in meta.items():
@@ -75,7 +83,9 @@ def load_or_encode(path: str, vq, dataset, device, meta: dict, log=None, num_wor
             log.info(f"token cache: the files of data.root changed since '{stale[-1]}' was written ({then} "
                      f"files then, {meta.get('files', '?')} now, or other sizes or times): re-encoding")
         log.info(f"encoding {len(dataset)} images with the stage-1 model -> {path}")
-    tokens, labels = encode_dataset(vq, dataset, device, num_workers=num_workers)
+    tokens, labels = encode_dataset(vq, dataset.with_view("image"), device, num_workers=num_workers)
     out = {"tokens": tokens, "labels": labels, "meta": meta}
+    if cond_vq is not None:
+        out["cond_tokens"], _ = encode_dataset(cond_vq, dataset.with_view("condition"), device, num_workers=num_workers)
     save_atomic(out, path)
     return out

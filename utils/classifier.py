@@ -14,6 +14,7 @@ import json
 import math
 import os
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -24,6 +25,7 @@ from utils.errors import UserError
 from utils.shapes import SHAPE_CLASSES, render_shapes
 
 RECIPES = ("shapes", "mnist", "fashion_mnist")
+SHAPES_TRAIN, SHAPES_HELD_OUT, EPOCHS = 30_000, 3_000, 4
 _VERSION = 1  # bump when a recipe changes: the cache key holds it
 
 
@@ -81,20 +83,22 @@ def _stack(ds) -> tuple[torch.Tensor, torch.Tensor]:
 def recipe_data(dataset: str, data) -> tuple[tuple, tuple, tuple[str, ...]]:
     """((train images, labels), (held-out images, labels), class names) of a recipe."""
     if dataset == "shapes":
-        kinds = SHAPE_CLASSES + ("v",)
-        tr, va = render_shapes(30_000, 32, 1_000_003, kinds), render_shapes(3_000, 32, 2_000_003, kinds)
-        return (_stack(ArrayDataset(*tr, 32, 3)), _stack(ArrayDataset(*va, 32, 3)), kinds)
+        kinds, s = SHAPE_CLASSES + ("v",), data.image_size
+        tr, va = render_shapes(SHAPES_TRAIN, s, 1_000_003, kinds), render_shapes(SHAPES_HELD_OUT, s, 2_000_003, kinds)
+        return (_stack(ArrayDataset(*tr, s, 3)), _stack(ArrayDataset(*va, s, 3)), kinds)
     tr, va = build_datasets(data, 0, augment=False)
     return _stack(tr), _stack(va), CLASS_NAMES[dataset]
 
 
-def train_classifier(dataset: str, data, log=None, epochs: int = 4, batch: int = 128) -> tuple[SmallCNN, dict]:
+@torch.enable_grad()
+def train_classifier(dataset: str, data, log=None, batch: int = 128) -> tuple[SmallCNN, dict]:
     """Trains the recipe's classifier (Adam 2e-3, cosine to 0, seeded) -> (model in eval mode, info)."""
     (x, y), (xv, yv), names = recipe_data(dataset, data)
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(0)
     model = SmallCNN(x.shape[1], len(names))
     opt = torch.optim.Adam(model.parameters(), 2e-3)
+    epochs = EPOCHS
     steps = epochs * math.ceil(len(x) / batch)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
     model.train()
@@ -120,9 +124,10 @@ def load_or_train(dataset: str, data, cache_dir: str, log=None) -> tuple[SmallCN
     """The recipe's classifier from the cache, or trained now and cached (keyed by the recipe and its data)."""
     if dataset not in RECIPES:
         raise UserError(f"no classifier recipe for data.dataset={dataset}; there are: {', '.join(RECIPES)}")
-    key = {"version": _VERSION, "dataset": dataset}
+    key = {"version": _VERSION, "dataset": dataset, "image_size": data.image_size, "channels": data.channels,
+           "sizes": [SHAPES_TRAIN, SHAPES_HELD_OUT, EPOCHS]}
     if dataset != "shapes":
-        key.update(root=os.path.abspath(data.root), image_size=data.image_size, channels=data.channels)
+        key.update(root=os.path.abspath(data.root))
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:8]
     path = os.path.join(cache_dir, f"classifier_{dataset}-{digest}.pt")
     if os.path.isfile(path):
@@ -147,3 +152,72 @@ def classify(model: SmallCNN, images: torch.Tensor, batch: int = 500) -> tuple[t
         feats.append(f)
     return torch.cat(preds), torch.cat(feats)
 
+
+
+class SmallSegNet(nn.Module):
+    """A fully convolutional net that marks the shape's pixels in a shapes image: four 3x3 conv + BatchNorm + ReLU
+    at full resolution (a 9-pixel receptive field, enough to tell a shape's edge from a background gradient), then
+    a 1x1 conv to one logit per pixel."""
+
+    def __init__(self, width: int = 32):
+        super().__init__()
+        layers, c = [], 3
+        for _ in range(4):
+            layers += [nn.Conv2d(c, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU()]
+            c = width
+        self.body = nn.Sequential(*layers, nn.Conv2d(c, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, 3, H, W) in [-1, 1] -> (B, H, W) foreground logits."""
+        return self.body(x)[:, 0]
+
+
+def iou(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """pred, target: (B, H, W) bool -> (B,) intersection over union (1 where both are empty)."""
+    inter, union = (pred & target).sum((1, 2)).float(), (pred | target).sum((1, 2)).float()
+    return torch.where(union > 0, inter / union.clamp_min(1), 1.0)
+
+
+@torch.enable_grad()
+def train_shape_segmenter(size: int, log=None, batch: int = 64) -> tuple[SmallSegNet, dict]:
+    """The recovery of a shape's region from a shapes image: trained on SHAPES_TRAIN rendered images and masks
+    (blurred and noised as the classifier's), scored by mean IoU on SHAPES_HELD_OUT other ones."""
+    images, _, masks = render_shapes(SHAPES_TRAIN, size, 3_000_017, with_masks=True)
+    x, m = _stack(ArrayDataset(images, np.zeros(len(images)), size, 3))[0], torch.from_numpy(masks)
+    images, _, masks = render_shapes(SHAPES_HELD_OUT, size, 4_000_037, with_masks=True)
+    xv, mv = _stack(ArrayDataset(images, np.zeros(len(images)), size, 3))[0], torch.from_numpy(masks)
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    net = SmallSegNet()
+    opt = torch.optim.Adam(net.parameters(), 2e-3)
+    steps = EPOCHS * math.ceil(len(x) / batch)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
+    net.train()
+    for epoch in range(EPOCHS):
+        for idx in torch.randperm(len(x), generator=g).split(batch):
+            loss = F.binary_cross_entropy_with_logits(net(_blur_noise(x[idx], g)), m[idx].float())
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+        if log:
+            log.info(f"shape segmenter: epoch {epoch + 1}/{EPOCHS}, last batch loss {loss.item():.3f}")
+    net.eval()
+    with torch.no_grad():
+        pred = torch.cat([net(b) > 0 for b in xv.split(500)])
+    return net, {"held_out_iou": iou(pred, mv).mean().item(), "held_out": len(mv)}
+
+
+def load_or_train_segmenter(size: int, cache_dir: str, log=None) -> tuple[SmallSegNet, dict]:
+    key = hashlib.sha256(json.dumps([_VERSION, size, SHAPES_TRAIN, SHAPES_HELD_OUT, EPOCHS]).encode()).hexdigest()[:8]
+    path = os.path.join(cache_dir, f"segmenter_shapes-{key}.pt")
+    if os.path.isfile(path):
+        ck = torch.load(path, map_location="cpu", weights_only=True)
+        net = SmallSegNet()
+        net.load_state_dict(ck["model"])
+        return net.eval(), ck["info"]
+    if log:
+        log.info(f"training the shape segmenter once -> {path}")
+    net, info = train_shape_segmenter(size, log)
+    save_atomic({"model": net.state_dict(), "info": info}, path)
+    return net, info

@@ -97,3 +97,29 @@ class InceptionFeatures(torch.nn.Module):
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
         return self.net(((x.float() + 1) / 2).clamp(0, 1))[0].flatten(1)  # resized to 299 inside
+
+
+class ClassMapScores:
+    """Pixel accuracy and mean IoU of predicted class maps against target maps (IGNORE pixels left out), summed over
+    batches and across processes; the mean IoU over the classes present in the targets."""
+
+    def __init__(self, classes: int, device=None, ignore: int = 255):
+        self.ignore = ignore
+        self.counts = torch.zeros(3, classes, dtype=torch.float64, device=device)  # intersection, union, present
+
+    def update(self, logits: torch.Tensor, targets: torch.Tensor) -> None:
+        """logits: (B, classes, H, W); targets: (B, H, W) class indices."""
+        pred, valid = logits.argmax(1), targets != self.ignore
+        k = torch.arange(self.counts.shape[1], device=logits.device)[:, None]
+        p, t = (pred[valid][None] == k), (targets[valid][None] == k)  # (classes, pixels)
+        self.counts += torch.stack([(p & t).sum(1), (p | t).sum(1), t.sum(1)]).double()
+
+    def all_reduce(self) -> "ClassMapScores":
+        all_reduce_sum(self.counts)
+        return self
+
+    def result(self) -> dict:
+        inter, union, present = self.counts
+        pixels = present.sum().clamp_min(1)
+        iou = inter[present > 0] / union[present > 0]
+        return {"pixel_accuracy": (inter.sum() / pixels).item(), "miou": iou.mean().item() if len(iou) else 0.0}

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from utils.config import check_option
-from utils.data import FolderDataset, list_images
+from utils.folder import FolderDataset, list_images
 from utils.distributed import DistInfo, select_device
 from utils.errors import command
 from utils.metrics import psnr, ssim

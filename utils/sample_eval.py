@@ -1,15 +1,17 @@
-"""Score a class-conditional transformer: does each sample show the class it was asked for?
+"""Score a transformer's samples with judges trained on real images (utils/classifier.py; trained once, cached).
 
     python -m utils.sample_eval RUN_DIR [--per-class 300] [--seed 0] [--cfg-scale S] [--top-p P] [--top-k K]
-                                        [--temperature T] [--device D] [--no-recon]
+                                        [--temperature T] [--device D] [--no-recon] [--complete] [--held-out 500]
 
-Draws --per-class samples of every class with the run's sampling settings (or those given), and classifies them
-with a classifier trained on real images of the dataset (utils/classifier.py; trained once and cached). Prints, per
-class, the share of samples recognised as their class; for shapes also the share taken for the decoy "v" (a
-triangle turned by 45 degrees). Also: the classifier's accuracy on held-out real images; on the stage-1
-reconstructions of real validation images (the ceiling a perfect transformer could reach); and the Fréchet
-distance between samples and real validation images in the classifier's feature space, beside the same distance
-for real training images (the floor). Writes RUN_DIR/sample_eval.json.
+A class-conditional model: draws --per-class samples of every class with the run's sampling settings (or those
+given) and classifies them. Prints, per class, the share of samples recognised as their class; for shapes also the
+share taken for the decoy "v" (a triangle turned by 45 degrees). Also: the classifier's accuracy on held-out real
+images; on the stage-1 reconstructions of real validation images (the ceiling a perfect transformer could reach);
+and the Fréchet distance between samples and real validation images in the classifier's feature space, beside the
+same distance for real training images (the floor).
+A conditional model (shapes masks, Fashion-MNIST or MNIST low resolution): --held-out validation maps, one sample
+each, scored as utils/cond_eval.py says. --complete: also completions of --held-out validation images' bottom
+halves. Writes RUN_DIR/sample_eval.json.
 """
 import argparse
 import copy
@@ -21,6 +23,7 @@ import torch
 from transformer.loading import load_transformer
 from transformer.sampling import decode_images, sample
 from utils.classifier import classify, load_or_train
+from utils.cond_eval import evaluate_completion, evaluate_segmentation, evaluate_superres
 from utils.config import check_option, load_config
 from utils.data import build_datasets
 from utils.distributed import DistInfo, select_device
@@ -39,21 +42,42 @@ def fd(a: torch.Tensor, b: torch.Tensor) -> float:
 
 @torch.no_grad()
 def evaluate(run_dir: str, per_class: int = 300, seed: int = 0, options: dict = None, device: str = "auto",
-             recon: bool = True, batch: int = 100) -> dict:
+             recon: bool = True, batch: int = 100, complete: bool = False, held_out: int = 500) -> dict:
+    """The scores that fit the run: per-class recognition for a class-conditional model, mask coverage for a
+    segmentation-conditional one, faithfulness and sharpness for a super-resolution one; with complete, also the
+    completion of held_out validation images."""
     log = setup_logging(True)
     ckpt_path = os.path.join(run_dir, "checkpoints", "last.pt")
     dev = select_device(device, DistInfo(), "--device ")
-    gpt, vq, ckpt = load_transformer(ckpt_path, dev)
-    cfg = load_config(Stage2Config, base=ckpt["config"], base_name=f"checkpoint '{ckpt_path}'")
-    nc = gpt.cfg.num_classes
-    if nc == 0:
-        raise UserError(f"'{ckpt_path}' is an unconditional model: there is no requested class to check")
-    clf, info = load_or_train(cfg.data.dataset, cfg.data, os.path.join(cfg.run.out_dir, "cache"), log)
-    names = info["classes"]
+    model = load_transformer(ckpt_path, dev)
+    cfg = load_config(Stage2Config, base=model.ckpt["config"], base_name=f"checkpoint '{ckpt_path}'")
     sc = cfg.sample
     opts = dict(temperature=sc.temperature, top_k=sc.top_k, top_p=sc.top_p, cfg_scale=sc.cfg_scale)
     opts.update({k: v for k, v in (options or {}).items() if v is not None})
     g = torch.Generator(dev).manual_seed(seed)
+    cache = os.path.join(cfg.run.out_dir, "cache")
+    kind = cfg.data.condition
+    if kind in ("segmentation", "lowres") and cfg.data.dataset in ("shapes", "mnist", "fashion_mnist"):
+        score = evaluate_segmentation if kind == "segmentation" else evaluate_superres
+        out = {"run": run_dir, "sampling": opts, "seed": seed, kind: score(model, cfg, cache, held_out, g, opts, log)}
+    elif model.gpt.cfg.num_classes:
+        out = class_scores(model, cfg, per_class, g, opts, log, recon, batch, dev)
+        out.update(run=run_dir, seed=seed)
+    elif not complete:
+        raise UserError(f"'{ckpt_path}': nothing to score here (an unconditional model, or a condition without a "
+                        "score); --complete scores completions of any model")
+    else:
+        out = {"run": run_dir, "sampling": opts, "seed": seed}
+    if complete:
+        out["completion"] = evaluate_completion(model, cfg, cache, held_out, g, opts, log)
+    return out
+
+
+def class_scores(model, cfg, per_class, g, opts, log, recon, batch, dev) -> dict:
+    gpt, vq = model.gpt, model.vq
+    nc = gpt.cfg.num_classes
+    clf, info = load_or_train(cfg.data.dataset, cfg.data, os.path.join(cfg.run.out_dir, "cache"), log)
+    names = info["classes"]
     images, wanted = [], []
     for c in range(nc):
         for s in range(0, per_class, batch):
@@ -63,7 +87,7 @@ def evaluate(run_dir: str, per_class: int = 300, seed: int = 0, options: dict = 
     x = torch.cat(images) * 2 - 1  # (N, C, H, W) in [-1, 1]
     wanted = torch.tensor(wanted)
     pred, feats = classify(clf, x)
-    out = {"run": run_dir, "samples_per_class": per_class, "sampling": opts, "seed": seed,
+    out = {"samples_per_class": per_class, "sampling": opts,
            "classifier_held_out_accuracy": info["held_out_accuracy"], "classifier_held_out": info["held_out"],
            "accuracy": (pred == wanted).float().mean().item(), "per_class": {}}
     for c in range(nc):
@@ -75,10 +99,10 @@ def evaluate(run_dir: str, per_class: int = 300, seed: int = 0, options: dict = 
     data = copy.copy(cfg.data)
     if data.dataset == "shapes":  # as many training images as samples are enough: render no more
         data.num_train = len(x)
-    train_set, val_set = build_datasets(data, cfg.run.seed, augment=False)
+    train_set, val_set = build_datasets(data, cfg.run.seed, augment=False)  # real images, for the floor
     real_val = torch.stack([val_set[i][0] for i in range(len(val_set))])
     k = min(len(train_set), len(x))  # the floor from as many real images as there are samples
-    pick = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(seed))[:k].tolist()
+    pick = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(0))[:k].tolist()
     real_train = torch.stack([train_set[i][0] for i in pick])
     val_pred, val_feats = classify(clf, real_val)
     out["frechet_samples_to_val"] = fd(feats, val_feats)
@@ -93,7 +117,17 @@ def evaluate(run_dir: str, per_class: int = 300, seed: int = 0, options: dict = 
 
 
 def report(r: dict) -> str:
-    lines = [f"{r['samples_per_class']} samples per class, sampling {r['sampling']}, seed {r['seed']}",
+    lines = [f"{r['run']}: sampling {r['sampling']}, seed {r['seed']}"]
+    for key in ("segmentation", "lowres", "completion"):
+        if key in r:
+            lines.append(f"{key}: " + json.dumps(r[key]))
+    if "per_class" in r:
+        lines += class_report(r)
+    return "\n".join(lines)
+
+
+def class_report(r: dict) -> list[str]:
+    lines = [f"{r['samples_per_class']} samples per class",
              f"classifier: {100 * r['classifier_held_out_accuracy']:.1f}% on {r['classifier_held_out']} held-out "
              "real images"]
     has_v = any("taken_for_v" in row for row in r["per_class"].values())
@@ -110,7 +144,7 @@ def report(r: dict) -> str:
     lines.append(f"{'all':<14}{100 * r['accuracy']:>10.1f}%")
     lines.append(f"Fréchet distance in the classifier's features: samples to real val {r['frechet_samples_to_val']:.2f}"
                  f", real train to real val {r['frechet_train_to_val']:.2f} (the floor)")
-    return "\n".join(lines)
+    return lines
 
 
 @command
@@ -123,13 +157,17 @@ def main(argv=None) -> None:
         p.add_argument(opt, type=kind, default=None, help="instead of the run's sample setting")
     p.add_argument("--device", default="auto")
     p.add_argument("--no-recon", action="store_true", help="skip the stage-1 reconstruction ceiling")
+    p.add_argument("--complete", action="store_true", help="also score completions of held-out images' bottom halves")
+    p.add_argument("--held-out", type=int, default=500, help="images for the conditional and completion scores")
     args = p.parse_args(argv)
     check_option("--per-class", args.per_class, min=1)
     for name, value, bounds in (("--temperature", args.temperature, dict(above=0)), ("--top-k", args.top_k, dict(min=1)),
                                 ("--top-p", args.top_p, dict(above=0, max=1)), ("--cfg-scale", args.cfg_scale, dict(min=0))):
         check_option(name, value, **bounds)
     options = dict(cfg_scale=args.cfg_scale, top_p=args.top_p, top_k=args.top_k, temperature=args.temperature)
-    r = evaluate(args.run_dir, args.per_class, args.seed, options, args.device, not args.no_recon)
+    check_option("--held-out", args.held_out, min=1)
+    r = evaluate(args.run_dir, args.per_class, args.seed, options, args.device, not args.no_recon,
+                 complete=args.complete, held_out=args.held_out)
     print(report(r))
     path = os.path.join(args.run_dir, "sample_eval.json")
     with open(path, "w") as f:

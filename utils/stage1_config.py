@@ -6,8 +6,10 @@ part of `train` are reused by the stage-2 schema.
 from dataclasses import dataclass, field, fields
 from typing import Optional
 
+from utils.conditions import condition_channels
 from utils.config import ConfigError, choices, num
 from vqgan.discriminator import PatchDiscriminator
+from utils.shapes import SHAPE_CLASSES
 from vqgan.model import VQGANConfig
 
 
@@ -30,6 +32,13 @@ class DataConfig:
     num_workers: int = num(0, min=0)
     download: bool = False              # torchvision datasets: download into root when missing
     labels: str = choices("none", "subfolders", default="none")  # folder only: classes from first-level subfolders
+    condition: str = choices("none", "segmentation", "edges", "lowres", "paired", default="none")  # a map beside
+                                        # each image, for conditional synthesis (utils/conditions.py)
+    tokenize: str = choices("image", "condition", default="image")  # stage 1: what the tokenizer learns
+    condition_root: Optional[str] = None  # folder only: the parallel tree of maps (segmentation, paired)
+    condition_factor: int = num(4, min=1)  # lowres: the downsampling factor
+    condition_classes: int = num(0, min=0)  # segmentation: classes of the masks, background included
+                                        # (0: the dataset's own, as for shapes)
     num_train: int = num(8000, min=1)   # shapes only: generated training images
     num_val: int = num(512, min=1)      # shapes only: generated validation images
 
@@ -101,11 +110,21 @@ class Stage1Config:
     def check(self, where: str) -> None:
         """Impossible combinations are errors; model.image_size and model.channels left null take the data's."""
         m, d = self.model, self.data
-        if m.channels is not None and m.channels != d.channels:
-            raise ConfigError(f"model.channels={m.channels} but data.channels={d.channels} ({where}); "
-                              "leave model.channels null to use data.channels")
+        seen = d.channels  # the tokenizer sees images, or condition maps (their own channels)
+        if d.tokenize == "condition":
+            if d.condition == "segmentation" and d.dataset == "shapes" and not d.condition_classes:
+                d.condition_classes = len(SHAPE_CLASSES) + 1
+            seen = condition_channels(d)
+            if d.condition == "segmentation" and (self.loss.disc_start < self.train.max_steps or
+                                                  self.loss.perceptual_weight > 0):
+                raise ConfigError(f"a segmentation tokenizer learns class maps with a cross-entropy loss, without the "
+                                  f"GAN or LPIPS ({where}): set loss.disc_start >= train.max_steps and "
+                                  f"loss.perceptual_weight=0")
+        if m.channels is not None and m.channels != seen:
+            raise ConfigError(f"model.channels={m.channels} but the tokenizer sees {seen} channels ({where}); "
+                              "leave model.channels null")
         m.image_size = d.image_size if m.image_size is None else m.image_size
-        m.channels = d.channels
+        m.channels = seen
         f = m.downsample_factor
         if d.image_size % f:
             raise ConfigError(f"data.image_size={d.image_size} is not divisible by the downsampling factor {f} "

@@ -16,6 +16,7 @@ from vqgan.model import VQGANConfig
 @dataclass
 class Stage1Ref:
     checkpoint: str = field(default="runs/shapes_vqgan/checkpoints/last.pt", metadata={"required": True})
+    condition_checkpoint: Optional[str] = None  # conditional models: the tokenizer of the data.condition maps
 
 
 @dataclass
@@ -76,12 +77,24 @@ class Stage2Config:
         if self.model.n_embd % self.model.n_head:
             raise ConfigError(f"model.n_embd={self.model.n_embd} is not divisible by model.n_head="
                               f"{self.model.n_head} ({where})")
+        d = self.data
+        if d.tokenize != "image":
+            raise ConfigError(f"data.tokenize={d.tokenize} is for stage 1; a transformer reads image tokens ({where})")
+        if (d.condition != "none") != bool(self.stage1.condition_checkpoint):
+            raise ConfigError(f"data.condition={d.condition} and stage1.condition_checkpoint="
+                              f"{self.stage1.condition_checkpoint} ({where}): a conditional transformer needs both, the "
+                              "condition kind and the tokenizer trained on those maps (data.tokenize=condition)")
+        if d.condition != "none" and self.model.class_conditional:
+            raise ConfigError(f"model.class_conditional=true with data.condition={d.condition} ({where}): a model is "
+                              "conditioned on classes or on maps, not both")
         self.train.check(where)
 
 
-def complete_from_stage1(cfg: Stage2Config, vq: VQGANConfig) -> tuple[int, int]:
+def complete_from_stage1(cfg: Stage2Config, vq: VQGANConfig, cond: Optional[dict] = None) -> tuple[int, int]:
     """Fills data.channels and data.image_size left null with the stage-1 model's, checks those given, and returns
-    the (h, w) token grid the data encodes to. The autoencoder is convolutional: larger images give larger grids."""
+    the (h, w) token grid the data encodes to. The autoencoder is convolutional: larger images give larger grids.
+    cond: the record of the condition tokenizer (transformer/loading.py), which must have tokenized maps of this
+    kind, with its settings, into grids of the image's size."""
     d = cfg.data
     if d.channels is not None and d.channels != vq.channels:
         raise UserError(f"data.channels={d.channels} but the stage-1 model takes {vq.channels}; "
@@ -93,6 +106,24 @@ def complete_from_stage1(cfg: Stage2Config, vq: VQGANConfig) -> tuple[int, int]:
     elif d.image_size % f:
         raise UserError(f"data.image_size={d.image_size} is not a multiple of the stage-1 downsampling factor {f}")
     grid = (d.image_size // f, d.image_size // f)
+    if cond is not None:
+        c = cond["data"]
+        theirs = {k: c[k] for k in ("tokenize", "condition", "condition_classes", "condition_factor")}
+        ours = {"tokenize": "condition", "condition": d.condition, "condition_classes": d.condition_classes or
+                theirs["condition_classes"], "condition_factor": d.condition_factor}
+        if d.condition != "segmentation":
+            theirs.pop("condition_classes"), ours.pop("condition_classes")
+        if d.condition != "lowres":
+            theirs.pop("condition_factor"), ours.pop("condition_factor")
+        if theirs != ours:
+            raise UserError(f"stage1.condition_checkpoint '{cond['checkpoint']}' tokenizes {theirs}, this run's "
+                            f"condition is {ours}; train the condition tokenizer with the same data.condition settings "
+                            "and data.tokenize=condition")
+        d.condition_classes = c["condition_classes"]
+        cf = 2 ** (len(cond["model"]["ch_mult"]) - 1)
+        if cf != f:
+            raise UserError(f"the condition tokenizer's downsampling factor {cf} differs from the image tokenizer's "
+                            f"{f}: their token grids must match position for position")
     w = tuple(cfg.model.window) or grid
     if w[0] > grid[0] or w[1] > grid[1]:
         raise UserError(f"model.window={list(w)} is larger than the {grid[0]}x{grid[1]} token grid of "
@@ -100,15 +131,17 @@ def complete_from_stage1(cfg: Stage2Config, vq: VQGANConfig) -> tuple[int, int]:
     return grid
 
 
-def gpt_config(cfg: Stage2Config, vq: VQGANConfig, grid: tuple[int, int],
-               class_names: Optional[Sequence[str]]) -> GPTConfig:
+def gpt_config(cfg: Stage2Config, vq: VQGANConfig, grid: tuple[int, int], class_names: Optional[Sequence[str]],
+               cond_vq: Optional[VQGANConfig] = None) -> GPTConfig:
     """The GPT this config trains over the codes of `vq`: its vocabulary (codes, then a start token or one token
-    per class and a null class), its window of the `grid`, and its size."""
+    per class and a null class, then the codes of the condition tokenizer `cond_vq`), its window of the `grid`,
+    and its size."""
     m = cfg.model
     if m.class_conditional and not class_names:
         raise UserError(f"data.dataset={cfg.data.dataset} has no class labels; set model.class_conditional=false")
     return GPTConfig(codebook_size=vq.codebook_size, window=tuple(m.window) or grid,
                      num_classes=len(class_names) if m.class_conditional else 0,
+                     cond_codebook_size=cond_vq.codebook_size if cond_vq is not None else 0,
                      n_layer=m.n_layer, n_head=m.n_head, n_embd=m.n_embd, dropout=m.dropout)
 
 

@@ -16,7 +16,8 @@ from PIL import Image, ImageDraw
 from torchvision.utils import make_grid, save_image
 
 from transformer.loading import load_transformer
-from transformer.sampling import decode_images, sample
+from transformer.sampling import decode_images, raster_prefix, sample
+from utils.conditions import as_picture
 from utils.config import check_option, load_config
 from utils.data import build_datasets
 from utils.errors import UserError, command
@@ -80,18 +81,23 @@ def stage1_figures(run_dir: str, ckpt_path: str, out: str, num: int, scale: int 
 
 @torch.no_grad()
 def stage2_figures(ckpt_path: str, out: str, num: int, seed: int, scale: int = 1) -> list[str]:
-    gpt, vq, ckpt = load_transformer(ckpt_path)
+    gpt, vq, cond_vq, ckpt = load_transformer(ckpt_path)
     cfg = load_config(Stage2Config, base=ckpt["config"])
     sc = cfg.sample
     options = dict(temperature=sc.temperature, top_k=sc.top_k, top_p=sc.top_p, cfg_scale=sc.cfg_scale)
 
-    def draw(n, grid=None, classes=None, tokens=None, start=0):
-        g = torch.Generator().manual_seed(seed)
-        return decode_images(vq, sample(gpt, n, grid, classes, tokens=tokens, start=start, generator=g, **options))
+    def draw(n, grid=None, classes=None, tokens=None, keep=None, cond=None, again=0):
+        g = torch.Generator().manual_seed(seed + again)
+        return decode_images(vq, sample(gpt, n, grid, classes, tokens=tokens, keep=keep, cond=cond, generator=g,
+                                        **options))
 
     window, grid = gpt.cfg.window, tuple(ckpt["grid"])
     nc = gpt.cfg.num_classes
     paths = [os.path.join(out, "samples.png"), os.path.join(out, "sliding.png"), os.path.join(out, "completions.png")]
+    val_cache = ckpt.get("token_cache", {}).get("val", "")  # the validation grids the run was scored on
+    if cond_vq is not None:
+        return [conditional_figure(vq, cond_vq, cfg.data.condition, val_cache, draw, num, os.path.join(out,
+                                   "conditions.png"), scale)]
     if nc:  # one row per class
         per = max(1, num // nc) if num >= nc else 1
         labels = torch.arange(nc).repeat_interleave(per)
@@ -101,17 +107,33 @@ def stage2_figures(ckpt_path: str, out: str, num: int, seed: int, scale: int = 1
     k = min(4, num)
     classes = (torch.arange(k) % nc).tolist() if nc else None
     save_grid(draw(k, (2 * window[0], 2 * window[1]), classes), paths[1], nrow=k, scale=scale, padding=2)
-    val_cache = ckpt.get("token_cache", {}).get("val", "")  # the validation grids the run was scored on
     if os.path.isfile(val_cache) and grid == window:
         c = torch.load(val_cache, weights_only=True)
         k = min(num, len(c["tokens"]))
         real = c["tokens"][:k].long()
         classes = c["labels"][:k].tolist() if nc else None
-        done = draw(k, grid, classes, tokens=real, start=(grid[0] // 2) * grid[1])
+        done = draw(k, grid, classes, tokens=real, keep=raster_prefix(grid, (grid[0] // 2) * grid[1]))
         save_grid(torch.cat([decode_images(vq, real), done]), paths[2], nrow=k, scale=scale)
     else:
         paths.pop()
     return paths
+
+
+def conditional_figure(vq, cond_vq, kind: str, val_cache: str, draw, num: int, path: str, scale: int) -> str:
+    """conditions.png: validation condition maps (top row), two samples drawn for each (rows 2 and 3), and the
+    real images the maps were made from (bottom row)."""
+    if not os.path.isfile(val_cache):
+        raise UserError(f"the run's validation token cache '{val_cache}' is gone; it holds the condition maps to show")
+    c = torch.load(val_cache, weights_only=True)
+    k = min(num, len(c["tokens"]))
+    cond = c["cond_tokens"][:k].long()
+    maps = as_picture(cond_vq.decode_indices(cond).float(), kind, logits=True)
+    real = decode_images(vq, c["tokens"][:k].long())
+    first = draw(k, cond=cond)
+    second = draw(k, cond=cond, again=1)
+    rows = [maps.expand(-1, real.shape[1], -1, -1), first, second, real]
+    save_grid(torch.cat(rows), path, nrow=k, scale=scale)
+    return path
 
 
 @command

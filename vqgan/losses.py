@@ -44,7 +44,7 @@ class LossWeights:
 
 
 def generator_backward(x, x_rec, vq_loss, last_layer, weights: LossWeights, lpips=None, disc=None,
-                       grad_scale: float = 1.0, autocast=None) -> dict:
+                       grad_scale: float = 1.0, autocast=None, class_targets=None) -> dict:
     """Computes the generator loss of one micro-batch and back-propagates `grad_scale` times it.
 
     x, x_rec: (B, C, H, W); vq_loss: scalar from the codebook; last_layer: the decoder's last weight.
@@ -52,12 +52,18 @@ def generator_backward(x, x_rec, vq_loss, last_layer, weights: LossWeights, lpip
     With `disc` None (before disc_start) nothing of the GAN is computed. With a discriminator, the
     gradient norms for λ are taken at the last layer from the gradients at x_rec, so the perceptual
     net and the discriminator are each back-propagated once, not twice as with autograd.grad on the
-    full losses. Returns the detached loss terms for logging."""
+    full losses. class_targets: (B, H, W) class indices (255: none) for a tokenizer of class maps, whose
+    x_rec are logits: the reconstruction term is then their cross-entropy ("ce"), weighted by l1.
+    Returns the detached loss terms for logging."""
     autocast = autocast if autocast is not None else nullcontext()
-    rec = (x - x_rec.float()).abs().mean() * weights.l1
-    if weights.l2 > 0:
-        rec = rec + F.mse_loss(x_rec.float(), x) * weights.l2
-    terms = {"l1": rec.detach()}
+    if class_targets is not None:
+        rec = F.cross_entropy(x_rec.float(), class_targets, ignore_index=255) * weights.l1
+        terms = {"ce": rec.detach()}
+    else:
+        rec = (x - x_rec.float()).abs().mean() * weights.l1
+        if weights.l2 > 0:
+            rec = rec + F.mse_loss(x_rec.float(), x) * weights.l2
+        terms = {"l1": rec.detach()}
     nll = rec
     if lpips is not None and weights.perceptual > 0:
         with autocast:

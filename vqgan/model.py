@@ -87,9 +87,10 @@ class VQGAN(nn.Module):
         return asdict(self.cfg)
 
     @classmethod
-    def from_checkpoint(cls, path: str, map_location="cpu", use_ema: bool = True) -> "VQGAN":
-        """Loads a stage-1 checkpoint (EMA weights when it has them) in eval mode, frozen."""
-        ckpt = load_checkpoint_file(path, "vqgan", map_location)
+    def from_checkpoint(cls, path, map_location="cpu", use_ema: bool = True) -> "VQGAN":
+        """A stage-1 checkpoint (a path or its loaded dict) -> its VQGAN (EMA weights when it has them) in eval
+        mode, frozen."""
+        ckpt = load_checkpoint_file(path, "vqgan", map_location) if isinstance(path, str) else path
         model = cls(VQGANConfig(**model_args_of(ckpt)))
         state = ckpt["ema"] if use_ema and ckpt.get("ema") is not None else ckpt["model"]
         try:

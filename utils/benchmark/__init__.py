@@ -3,5 +3,5 @@
     python -m utils.benchmark [--json out.json] [--device cpu|cuda] [--quick] [--only stage1_step,sample_kv]
 
 harness: timing and the alternation of candidate and baseline; official: the official taming-transformers
-code, patched to run offline; stage1, stage2, lookup: the benchmarks; __main__: the command line.
+code, patched to run offline; stage1, stage2, lookup, precision: the benchmarks; cli: the command line.
 """

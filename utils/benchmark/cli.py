@@ -7,6 +7,7 @@ import time
 import torch
 
 from utils.benchmark.lookup import bench_codebook
+from utils.benchmark.precision import bench_bf16
 from utils.benchmark.stage1 import bench_flops, bench_stage1
 from utils.benchmark.stage2 import bench_sampling, bench_stage2
 from utils.errors import UserError, command
@@ -21,6 +22,8 @@ RUNNERS = {
     "sample_sliding": lambda device, quick, ctx: bench_sampling(device, quick, True),
     "codebook_lookup": lambda device, quick, ctx: bench_codebook(device, quick),
     "flops": lambda device, quick, ctx: bench_flops(device, quick, ctx),
+    "bf16_vqgan_step": lambda device, quick, ctx: bench_bf16(device, quick, "vqgan"),
+    "bf16_gpt_step": lambda device, quick, ctx: bench_bf16(device, quick, "gpt"),
 }
 
 

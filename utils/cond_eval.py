@@ -1,0 +1,109 @@
+"""Scores of conditional synthesis and completion (used by `python -m utils.sample_eval`):
+- semantic synthesis on shapes: does the drawn shape cover the given mask (IoU with the region a segmenter
+  trained on real images finds), and is it the mask's shape (the shapes classifier)?
+- super-resolution: is the result faithful to its low-resolution input (PSNR of its area average against the
+  input), sharper than bicubic upsampling (mean gradient magnitude), and as recognisable (a classifier's accuracy)?
+- completion: does the completed bottom half continue the kept top half (the classifier's class)?
+"""
+import torch
+import torch.nn.functional as F
+
+from transformer.sampling import decode_images, raster_prefix, sample
+from utils.classifier import classify, iou, load_or_train, load_or_train_segmenter
+from utils.conditions import downsample, upsample
+from utils.data import build_datasets
+from utils.metrics import psnr
+
+
+def _batches(n: int, batch: int):
+    for s in range(0, n, batch):
+        yield slice(s, min(n, s + batch))
+
+
+def _held_out(cfg, n: int):
+    """The first n validation items: images (n, C, H, W) in [-1, 1], labels, and their condition maps."""
+    val = build_datasets(cfg.data, cfg.run.seed, augment=False)[1]
+    n = min(n, len(val))
+    x = torch.stack([val[i][0] for i in range(n)])
+    maps = torch.stack([val.with_view("condition")[i][0] for i in range(n)]) if val.condition else None
+    return x, val.labels[:n], maps
+
+
+def gradient_magnitude(x: torch.Tensor) -> float:
+    """Mean absolute finite difference (both directions) of images in [0, 1]: how sharp they are."""
+    return 0.5 * ((x[..., 1:, :] - x[..., :-1, :]).abs().mean() + (x[..., :, 1:] - x[..., :, :-1]).abs().mean()).item()
+
+
+@torch.no_grad()
+def evaluate_segmentation(model, cfg, cache_dir: str, n: int, generator, options: dict, log, batch=100) -> dict:
+    gpt, vq, cond_vq, _ = model
+    x, labels, maps = _held_out(cfg, n)
+    segmenter, seg_info = load_or_train_segmenter(cfg.data.image_size, cache_dir, log)
+    clf, clf_info = load_or_train("shapes", cfg.data, cache_dir, log)
+    device = next(gpt.parameters()).device
+    shape = maps.argmax(1) > 0  # the mask's shape pixels (class 0 is the background)
+    images = []
+    for b in _batches(len(x), batch):
+        cond = cond_vq.encode_to_indices(maps[b].to(device))
+        images.append(decode_images(vq, sample(gpt, len(cond), cond=cond, generator=generator, **options)) * 2 - 1)
+    y = torch.cat(images)
+    drawn = torch.cat([segmenter(t) > 0 for t in y.split(500)])
+    real = torch.cat([segmenter(t) > 0 for t in x.split(500)])
+    pred, _ = classify(clf, y)
+    return {"images": len(y), "mask_iou": iou(drawn, shape).mean().item(),
+            "mask_class_accuracy": (pred == labels).float().mean().item(),
+            "segmenter_held_out_iou": seg_info["held_out_iou"], "segmenter_iou_on_real_val": iou(real, shape).mean().item(),
+            "classifier_held_out_accuracy": clf_info["held_out_accuracy"]}
+
+
+@torch.no_grad()
+def evaluate_superres(model, cfg, cache_dir: str, n: int, generator, options: dict, log, batch=100) -> dict:
+    gpt, vq, cond_vq, _ = model
+    f = cfg.data.condition_factor
+    x, labels, _ = _held_out(cfg, n)
+    small = downsample(x, f)  # the low-resolution inputs, (n, C, h, w)
+    device = next(gpt.parameters()).device
+    images = []
+    for b in _batches(len(x), batch):
+        cond = cond_vq.encode_to_indices(upsample(small[b], f).to(device))
+        images.append(decode_images(vq, sample(gpt, len(cond), cond=cond, generator=generator, **options)) * 2 - 1)
+    y = torch.cat(images)
+    bicubic = F.interpolate(small, scale_factor=f, mode="bicubic", align_corners=False).clamp(-1, 1)
+
+    def unit(t):
+        return (t + 1) / 2
+    clf, clf_info = load_or_train(cfg.data.dataset, cfg.data, cache_dir, log)
+    return {"images": len(y), "factor": f,
+            "psnr_to_input": psnr(unit(downsample(y, f)), unit(small)).mean().item(),
+            "bicubic_psnr_to_input": psnr(unit(downsample(bicubic, f)), unit(small)).mean().item(),
+            "gradient_magnitude": {"results": gradient_magnitude(unit(y)), "bicubic": gradient_magnitude(unit(bicubic)),
+                                   "real": gradient_magnitude(unit(x))},
+            "class_accuracy": {"results": (classify(clf, y)[0] == labels).float().mean().item(),
+                               "bicubic": (classify(clf, bicubic)[0] == labels).float().mean().item(),
+                               "real": (classify(clf, x)[0] == labels).float().mean().item()},
+            "classifier_held_out_accuracy": clf_info["held_out_accuracy"]}
+
+
+@torch.no_grad()
+def evaluate_completion(model, cfg, cache_dir: str, n: int, generator, options: dict, log, batch=100) -> dict:
+    """Keeps the top half of n held-out images' tokens and samples the rest; the classifier judges the results.
+    A class-conditional model completes twice: with the null class (what the image shows, nothing else) and with
+    the true class."""
+    gpt, vq, cond_vq, _ = model
+    x, labels, maps = _held_out(cfg, n)
+    clf, _ = load_or_train(cfg.data.dataset, cfg.data, cache_dir, log)
+    device = next(gpt.parameters()).device
+    nc = gpt.cfg.num_classes
+    out = {"images": len(x)}
+    for name in (["null_class", "true_class"] if nc else ["completed"]):
+        images = []
+        for b in _batches(len(x), batch):
+            tokens = vq.encode_to_indices(x[b].to(device))
+            grid = tuple(tokens.shape[1:])
+            cond = cond_vq.encode_to_indices(maps[b].to(device)) if cond_vq is not None else None
+            classes = None if not nc else [nc] if name == "null_class" else labels[b].tolist()
+            done = sample(gpt, len(tokens), grid, classes, cond=cond, tokens=tokens,
+                          keep=raster_prefix(grid, (grid[0] // 2) * grid[1]), generator=generator, **options)
+            images.append(decode_images(vq, done) * 2 - 1)
+        out[f"class_accuracy_{name}"] = (classify(clf, torch.cat(images))[0] == labels).float().mean().item()
+    return out
