@@ -18,7 +18,7 @@ import torch
 from torchvision.utils import save_image
 
 from transformer.loading import load_transformer
-from transformer.sampling import decode_images, raster_prefix, sample
+from transformer.sampling import decode_images, likeliest_classes, raster_prefix, sample
 from utils.conditions import read_condition
 from utils.config import check_option
 from utils.data import CLASS_NAMES
@@ -161,6 +161,11 @@ def generate(argv=None) -> None:
         raise UserError(f"--grid {grid[0]}x{grid[1]} is smaller than the trained window {window[0]}x{window[1]}")
     cls = class_index(args.cls, gpt.cfg.num_classes, class_names_of(ckpt)) if args.cls is not None else None
     classes = [cls] if cls is not None else None
+    if classes is None and gpt.cfg.num_classes and args.complete:  # the class the kept rows are likeliest in
+        classes = likeliest_classes(gpt, tokens, int(keep[:window[0], :window[1]].sum()))
+        names = class_names_of(ckpt)
+        print(f"completing as class {classes[0]}" + (f" ({names[classes[0]]})" if names else "")
+              + ": the likeliest for the kept tokens (--class chooses another)")
     sc = ckpt["config"]["sample"]
     kw = dict(temperature=args.temperature if args.temperature is not None else sc["temperature"],
               top_k=args.top_k if args.top_k is not None else sc["top_k"],

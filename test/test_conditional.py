@@ -264,5 +264,29 @@ def test_complete_and_extend_unconditional(tmp_path, seg_runs):
         r = run_script("generate.py", "--checkpoint", f"{d}/checkpoints/last.pt", *extra, "--num", "1", "--out",
                        str(tmp_path / "o.png"))
         assert r.returncode == 0 and Image.open(tmp_path / "o.png").size == size, r.stderr
+    r = run_script("generate.py", "--checkpoint", f"{d}/checkpoints/last.pt", "--complete", str(tmp_path / "img.png"),
+                   "--num", "1", "--out", str(tmp_path / "o.png"))
+    assert r.returncode == 0 and "completing as class" in r.stdout and "the likeliest for the kept tokens" in r.stdout
     r = run_script("generate.py", "--checkpoint", f"{d}/checkpoints/last.pt", "--condition", str(tmp_path / "img.png"))
     assert r.returncode == 2 and "this model is not conditional" in r.stderr
+
+
+def test_likeliest_class_of_the_kept_tokens():
+    """Completing without --class, a class-conditional model takes the class its own likelihood of the kept tokens
+    picks: the argmax over classes of the summed log-probabilities of those tokens."""
+    from transformer.sampling import likeliest_classes
+    torch.manual_seed(0)
+    g = GPT(GPTConfig(codebook_size=10, window=(3, 4), num_classes=4, n_layer=2, n_head=2, n_embd=16)).eval()
+    with torch.no_grad():  # make class 2 prefer code 7 strongly
+        g.tok_emb.weight[g.cfg.class_token(2)] += 3 * g.head.weight[7] / g.head.weight[7].norm()
+    tokens = torch.randint(0, 10, (3, 3, 4))
+    tokens[0].fill_(7)
+    got = likeliest_classes(g, tokens, 6)
+    ref = []
+    with torch.no_grad():
+        for b in range(3):
+            seq = tokens[b].reshape(-1)[:6]
+            lp = [g(torch.cat([torch.tensor([g.cfg.class_token(c)]), seq[:-1]])[None])[0][0].log_softmax(-1)
+                  .gather(-1, seq[:, None]).sum().item() for c in range(4)]
+            ref.append(int(np.argmax(lp)))
+    assert got == ref and got[0] == 2

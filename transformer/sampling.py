@@ -128,6 +128,21 @@ def sample(gpt: GPT, batch: int, grid: Optional[tuple[int, int]] = None, classes
 
 
 @torch.inference_mode()
+def likeliest_classes(gpt: GPT, tokens: torch.Tensor, kept: int) -> list[int]:
+    """For a class-conditional model completing grids whose class is not given: the class under which the first
+    `kept` tokens (raster order, inside the top-left window) of each grid are likeliest. tokens: (B, H, W)."""
+    cfg = gpt.cfg
+    wh, ww = cfg.window
+    seq = tokens[:, :wh, :ww].reshape(tokens.shape[0], -1)[:, :max(1, min(kept, wh * ww))].long()  # (B, L)
+    scores = []
+    for c in range(cfg.num_classes):
+        inp = torch.cat([torch.full_like(seq[:, :1], cfg.class_token(c)), seq[:, :-1]], 1)
+        logp = gpt(inp.to(next(gpt.parameters()).device))[0].float().log_softmax(-1)  # (B, L, K)
+        scores.append(logp.gather(-1, seq.to(logp.device)[..., None])[..., 0].sum(1))
+    return torch.stack(scores, 1).argmax(1).tolist()
+
+
+@torch.inference_mode()
 def decode_images(vq, tokens: torch.Tensor) -> torch.Tensor:
     """tokens: (B, h, w) code indices -> (B, C, H, W) float images in [0, 1], on the CPU."""
     return ((vq.decode_indices(tokens.long()).float().clamp(-1, 1) + 1) / 2).cpu()

@@ -1,5 +1,6 @@
-"""A small CNN classifier trained on real images of a dataset: the judge of generated samples (does a sample show
-the class it was asked for?) and the feature space of a Fréchet distance between samples and real images.
+"""Judges of generated images, trained on real ones: a small CNN classifier (does a sample show the class it was
+asked for? and the feature space of a Fréchet distance between samples and real images), and for shapes a small
+segmenter (which pixels belong to the shape: does a sample drawn for a mask cover it?).
 
 Recipes (trained on first use, cached under {run.out_dir}/cache/):
 - shapes: the five shapes plus a decoy class "v", the right triangle turned by 45 degrees (a V or an arrowhead,
@@ -8,6 +9,8 @@ Recipes (trained on first use, cached under {run.out_dir}/cache/):
   reconstructions are judged like sharp originals; held-out accuracy on 3,000 other rendered images.
 - mnist, fashion_mnist: the real training split (60,000 images, shifted by up to 2 pixels at random); accuracy
   on the real test split.
+- the shape segmenter: a per-pixel foreground logit, trained like the shapes classifier on 30,000 rendered images
+  and their masks; mean IoU on 3,000 other ones.
 """
 import hashlib
 import json
@@ -27,6 +30,7 @@ from utils.shapes import SHAPE_CLASSES, render_shapes
 RECIPES = ("shapes", "mnist", "fashion_mnist")
 SHAPES_TRAIN, SHAPES_HELD_OUT, EPOCHS = 30_000, 3_000, 4
 _VERSION = 1  # bump when a recipe changes: the cache key holds it
+_SEGMENTER_VERSION = 2
 
 
 class SmallCNN(nn.Module):
@@ -91,28 +95,33 @@ def recipe_data(dataset: str, data) -> tuple[tuple, tuple, tuple[str, ...]]:
 
 
 @torch.enable_grad()
-def train_classifier(dataset: str, data, log=None, batch: int = 128) -> tuple[SmallCNN, dict]:
-    """Trains the recipe's classifier (Adam 2e-3, cosine to 0, seeded) -> (model in eval mode, info)."""
-    (x, y), (xv, yv), names = recipe_data(dataset, data)
-    torch.manual_seed(0)
+def _fit(net: nn.Module, x: torch.Tensor, targets: torch.Tensor, loss_fn, augment, batch: int, name: str, log) -> None:
+    """The recipe both judges share: EPOCHS epochs of Adam 2e-3 with a cosine decay to 0, augmented batches, all
+    seeded; leaves the net in eval mode."""
     g = torch.Generator().manual_seed(0)
-    model = SmallCNN(x.shape[1], len(names))
-    opt = torch.optim.Adam(model.parameters(), 2e-3)
-    epochs = EPOCHS
-    steps = epochs * math.ceil(len(x) / batch)
+    opt = torch.optim.Adam(net.parameters(), 2e-3)
+    steps = EPOCHS * math.ceil(len(x) / batch)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
-    model.train()
-    for epoch in range(epochs):
+    net.train()
+    for epoch in range(EPOCHS):
         for idx in torch.randperm(len(x), generator=g).split(batch):
-            xb = _blur_noise(x[idx], g) if dataset == "shapes" else _shift(x[idx], g)
-            loss = F.cross_entropy(model(xb), y[idx])
+            loss = loss_fn(net(augment(x[idx], g)), targets[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
         if log:
-            log.info(f"classifier for {dataset}: epoch {epoch + 1}/{epochs}, last batch loss {loss.item():.3f}")
-    model.eval()
+            log.info(f"{name}: epoch {epoch + 1}/{EPOCHS}, last batch loss {loss.item():.3f}")
+    net.eval()
+
+
+def train_classifier(dataset: str, data, log=None, batch: int = 128) -> tuple[SmallCNN, dict]:
+    """Trains the recipe's classifier (Adam 2e-3, cosine to 0, seeded) -> (model in eval mode, info)."""
+    (x, y), (xv, yv), names = recipe_data(dataset, data)
+    torch.manual_seed(0)
+    model = SmallCNN(x.shape[1], len(names))
+    _fit(model, x, y, F.cross_entropy, _blur_noise if dataset == "shapes" else _shift, batch,
+         f"classifier for {dataset}", log)
     with torch.no_grad():
         pred = torch.cat([model(b).argmax(1) for b in xv.split(500)])
     info = {"classes": list(names), "held_out_accuracy": (pred == yv).float().mean().item(), "held_out": len(yv),
@@ -154,22 +163,32 @@ def classify(model: SmallCNN, images: torch.Tensor, batch: int = 500) -> tuple[t
 
 
 
-class SmallSegNet(nn.Module):
-    """A fully convolutional net that marks the shape's pixels in a shapes image: four 3x3 conv + BatchNorm + ReLU
-    at full resolution (a 9-pixel receptive field, enough to tell a shape's edge from a background gradient), then
-    a 1x1 conv to one logit per pixel."""
+def _convs(c_in: int, c_out: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(),
+                         nn.Conv2d(c_out, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU())
 
-    def __init__(self, width: int = 32):
+
+class SmallSegNet(nn.Module):
+    """A small U-Net that marks the shape's pixels in a shapes image: three halvings (32 -> 4 pixels, so that every
+    pixel sees the whole image: inside and outside a shape look alike locally), three doublings with skip
+    connections, a foreground logit per pixel."""
+
+    def __init__(self, width: int = 16):
         super().__init__()
-        layers, c = [], 3
-        for _ in range(4):
-            layers += [nn.Conv2d(c, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU()]
-            c = width
-        self.body = nn.Sequential(*layers, nn.Conv2d(c, 1, 1))
+        w = width
+        self.down = nn.ModuleList([_convs(3, w), _convs(w, 2 * w), _convs(2 * w, 4 * w), _convs(4 * w, 4 * w)])
+        self.up = nn.ModuleList([_convs(8 * w, 2 * w), _convs(4 * w, w), _convs(2 * w, w)])
+        self.out = nn.Conv2d(w, 1, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (B, 3, H, W) in [-1, 1] -> (B, H, W) foreground logits."""
-        return self.body(x)[:, 0]
+        """x: (B, 3, H, W) in [-1, 1], H and W multiples of 8 -> (B, H, W) foreground logits."""
+        skips = []
+        for i, block in enumerate(self.down):
+            x = block(x if i == 0 else F.max_pool2d(x, 2))
+            skips.append(x)
+        for block, skip in zip(self.up, reversed(skips[:-1])):
+            x = block(torch.cat([F.interpolate(x, scale_factor=2.0, mode="nearest"), skip], 1))
+        return self.out(x)[:, 0]
 
 
 def iou(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -178,7 +197,6 @@ def iou(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return torch.where(union > 0, inter / union.clamp_min(1), 1.0)
 
 
-@torch.enable_grad()
 def train_shape_segmenter(size: int, log=None, batch: int = 64) -> tuple[SmallSegNet, dict]:
     """The recovery of a shape's region from a shapes image: trained on SHAPES_TRAIN rendered images and masks
     (blurred and noised as the classifier's), scored by mean IoU on SHAPES_HELD_OUT other ones."""
@@ -187,29 +205,15 @@ def train_shape_segmenter(size: int, log=None, batch: int = 64) -> tuple[SmallSe
     images, _, masks = render_shapes(SHAPES_HELD_OUT, size, 4_000_037, with_masks=True)
     xv, mv = _stack(ArrayDataset(images, np.zeros(len(images)), size, 3))[0], torch.from_numpy(masks)
     torch.manual_seed(0)
-    g = torch.Generator().manual_seed(0)
     net = SmallSegNet()
-    opt = torch.optim.Adam(net.parameters(), 2e-3)
-    steps = EPOCHS * math.ceil(len(x) / batch)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
-    net.train()
-    for epoch in range(EPOCHS):
-        for idx in torch.randperm(len(x), generator=g).split(batch):
-            loss = F.binary_cross_entropy_with_logits(net(_blur_noise(x[idx], g)), m[idx].float())
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-        if log:
-            log.info(f"shape segmenter: epoch {epoch + 1}/{EPOCHS}, last batch loss {loss.item():.3f}")
-    net.eval()
+    _fit(net, x, m.float(), F.binary_cross_entropy_with_logits, _blur_noise, batch, "shape segmenter", log)
     with torch.no_grad():
         pred = torch.cat([net(b) > 0 for b in xv.split(500)])
     return net, {"held_out_iou": iou(pred, mv).mean().item(), "held_out": len(mv)}
 
 
 def load_or_train_segmenter(size: int, cache_dir: str, log=None) -> tuple[SmallSegNet, dict]:
-    key = hashlib.sha256(json.dumps([_VERSION, size, SHAPES_TRAIN, SHAPES_HELD_OUT, EPOCHS]).encode()).hexdigest()[:8]
+    key = hashlib.sha256(json.dumps([_SEGMENTER_VERSION, size, SHAPES_TRAIN, SHAPES_HELD_OUT, EPOCHS]).encode()).hexdigest()[:8]
     path = os.path.join(cache_dir, f"segmenter_shapes-{key}.pt")
     if os.path.isfile(path):
         ck = torch.load(path, map_location="cpu", weights_only=True)

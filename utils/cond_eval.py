@@ -8,7 +8,7 @@
 import torch
 import torch.nn.functional as F
 
-from transformer.sampling import decode_images, raster_prefix, sample
+from transformer.sampling import decode_images, likeliest_classes, raster_prefix, sample
 from utils.classifier import classify, iou, load_or_train, load_or_train_segmenter
 from utils.conditions import downsample, upsample
 from utils.data import build_datasets
@@ -87,23 +87,26 @@ def evaluate_superres(model, cfg, cache_dir: str, n: int, generator, options: di
 @torch.no_grad()
 def evaluate_completion(model, cfg, cache_dir: str, n: int, generator, options: dict, log, batch=100) -> dict:
     """Keeps the top half of n held-out images' tokens and samples the rest; the classifier judges the results.
-    A class-conditional model completes twice: with the null class (what the image shows, nothing else) and with
-    the true class."""
+    A class-conditional model completes three times: with the class its own likelihood of the kept half picks
+    (what generate.py --complete does without --class), with the null class (no class at all), and with the true
+    class."""
     gpt, vq, cond_vq, _ = model
     x, labels, maps = _held_out(cfg, n)
     clf, _ = load_or_train(cfg.data.dataset, cfg.data, cache_dir, log)
     device = next(gpt.parameters()).device
     nc = gpt.cfg.num_classes
     out = {"images": len(x)}
-    for name in (["null_class", "true_class"] if nc else ["completed"]):
+    for name in (["likeliest_class", "null_class", "true_class"] if nc else ["completed"]):
         images = []
         for b in _batches(len(x), batch):
             tokens = vq.encode_to_indices(x[b].to(device))
             grid = tuple(tokens.shape[1:])
             cond = cond_vq.encode_to_indices(maps[b].to(device)) if cond_vq is not None else None
-            classes = None if not nc else [nc] if name == "null_class" else labels[b].tolist()
-            done = sample(gpt, len(tokens), grid, classes, cond=cond, tokens=tokens,
-                          keep=raster_prefix(grid, (grid[0] // 2) * grid[1]), generator=generator, **options)
+            kept = (grid[0] // 2) * grid[1]
+            classes = None if not nc else [nc] if name == "null_class" else labels[b].tolist() \
+                if name == "true_class" else likeliest_classes(gpt, tokens, kept)
+            done = sample(gpt, len(tokens), grid, classes, cond=cond, tokens=tokens, keep=raster_prefix(grid, kept),
+                          generator=generator, **options)
             images.append(decode_images(vq, done) * 2 - 1)
         out[f"class_accuracy_{name}"] = (classify(clf, torch.cat(images))[0] == labels).float().mean().item()
     return out
