@@ -3,6 +3,7 @@
 The `model` section is the VQGAN's own config (`vqgan.model.VQGANConfig`); `run`, `data` and the shared
 part of `train` are reused by the stage-2 schema.
 """
+import math
 from dataclasses import dataclass, field, fields
 from typing import Optional
 
@@ -123,6 +124,18 @@ class Stage1Config:
         if m.channels is not None and m.channels != seen:
             raise ConfigError(f"model.channels={m.channels} but the tokenizer sees {seen} channels ({where}); "
                               "leave model.channels null")
+        if m.quantizer == "fsq":
+            n, dim = math.prod(m.fsq_levels) if m.fsq_levels else 0, len(m.fsq_levels)
+            if not m.fsq_levels:
+                raise ConfigError(f"model.quantizer=fsq needs model.fsq_levels, e.g. [8, 5, 5, 5] for 1000 codes "
+                                  f"({where})")
+            if m.codebook_size != n or m.codebook_dim != dim:
+                raise ConfigError(f"model.fsq_levels={m.fsq_levels} make {n} codes of dimension {dim}, but "
+                                  f"model.codebook_size={m.codebook_size} and model.codebook_dim={m.codebook_dim} "
+                                  f"({where}); set model.codebook_size={n} model.codebook_dim={dim}")
+        elif m.fsq_levels:
+            raise ConfigError(f"model.fsq_levels={m.fsq_levels} is for model.quantizer=fsq, this model's is "
+                              f"{m.quantizer} ({where})")
         m.image_size = d.image_size if m.image_size is None else m.image_size
         m.channels = seen
         f = m.downsample_factor

@@ -100,12 +100,8 @@ class Codebook(nn.Module):
         Call once per optimizer step, on every rank: counts are all-reduced and replacement codes are
         broadcast from rank 0, so the codebook stays identical across ranks. Returns how many codes
         were restarted."""
-        counts = self._pending_counts.clone()
-        self._pending_counts.zero_()
+        counts = fold_counts(self._pending_counts, self.window_counts)
         distributed = dist.is_available() and dist.is_initialized()
-        if distributed:
-            dist.all_reduce(counts)
-        self.window_counts += counts
         self.unused_steps += 1
         self.unused_steps.masked_fill_(counts > 0, 0)
         if self.restart_after <= 0 or self._last_z is None:
@@ -136,6 +132,18 @@ class Codebook(nn.Module):
         if reset:
             self.window_counts.zero_()
         return used, ppl
+
+
+@torch.no_grad()
+def fold_counts(pending: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
+    """Adds the counts of this optimizer step, `pending` (all-reduced across ranks), into `window`, zeroes `pending`
+    and returns the step's counts."""
+    counts = pending.clone()
+    pending.zero_()
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(counts)
+    window += counts
+    return counts
 
 
 def usage_from_counts(counts: torch.Tensor) -> tuple[float, float]:

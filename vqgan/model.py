@@ -3,6 +3,7 @@
 Only the autoencoder and codebook live here; the perceptual net and discriminator are training
 losses and are never part of a VQGAN checkpoint's model state.
 """
+import math
 from dataclasses import asdict, dataclass, fields
 from typing import Optional
 
@@ -10,11 +11,12 @@ import torch
 import torch.nn as nn
 
 from utils.checkpoint import load_checkpoint_file
-from utils.config import num
+from utils.config import choices, num
 from utils.errors import UserError
 from vqgan.codebook import Codebook
 from vqgan.decoder import Decoder
 from vqgan.encoder import Encoder
+from vqgan.fsq import FSQ
 
 
 @dataclass
@@ -34,6 +36,10 @@ class VQGANConfig:
     codebook_l2_norm: bool = True                     # cosine lookup on unit-norm codes
     codebook_beta: float = num(0.25, min=0)           # weight of the commitment term
     codebook_restart_after: int = num(100, min=0)     # restart codes unused this many steps; 0 = never
+    quantizer: str = choices("vq", "fsq", default="vq")  # vq: a learnt codebook (the paper); fsq: finite scalar
+                                                      # quantization (vqgan/fsq.py), no codebook, no codebook loss
+    fsq_levels: list[int] = num(factory=list, min=2)  # fsq: levels per latent channel; codebook_size must be their
+                                                      # product and codebook_dim their count
 
     @property
     def downsample_factor(self) -> int:
@@ -52,8 +58,14 @@ class VQGAN(nn.Module):
         self.decoder = Decoder(out_channels=cfg.channels, **arch)
         self.quant_conv = nn.Conv2d(cfg.z_channels, cfg.codebook_dim, 1)
         self.post_quant_conv = nn.Conv2d(cfg.codebook_dim, cfg.z_channels, 1)
-        self.codebook = Codebook(cfg.codebook_size, cfg.codebook_dim, beta=cfg.codebook_beta,
-                                 l2_norm=cfg.codebook_l2_norm, restart_after=cfg.codebook_restart_after)
+        if cfg.quantizer == "fsq":
+            if cfg.codebook_size != math.prod(cfg.fsq_levels) or cfg.codebook_dim != len(cfg.fsq_levels):
+                raise ValueError(f"FSQ levels {cfg.fsq_levels} make {math.prod(cfg.fsq_levels)} codes of dimension "
+                                 f"{len(cfg.fsq_levels)}, not {cfg.codebook_size} of {cfg.codebook_dim}")
+            self.codebook = FSQ(cfg.fsq_levels)
+        else:
+            self.codebook = Codebook(cfg.codebook_size, cfg.codebook_dim, beta=cfg.codebook_beta,
+                                     l2_norm=cfg.codebook_l2_norm, restart_after=cfg.codebook_restart_after)
 
     def encode(self, x: torch.Tensor):
         """x: (B, C, H, W) in [-1, 1] -> z_q (B, D, h, w), codebook loss, indices (B, h, w)."""
