@@ -3,10 +3,13 @@
     python generate.py [--checkpoint runs/shapes_gpt/checkpoints/last.pt] [--num 8] [--grid HxW] [--class C|NAME]
                        [--temperature T] [--top-k K] [--top-p P] [--cfg-scale S] [--seed S] [--out PNG]
                        [--condition MAP.png] [--complete IMAGE.png [--keep-rows R]] [--extend IMAGE.png]
+                       [--inpaint IMAGE.png --mask MASK.png] [--steps S]
 
---grid larger than the trained window samples a larger image with the sliding window. --condition gives a
-conditional model its map (at the size to sample); --complete keeps the top R token rows of an image and samples
-the rest; --extend keeps an image in the top-left corner of a larger --grid and samples around it.
+--grid larger than the trained window samples a larger image with the sliding window (a GPT) or windowed
+parallel decoding (a masked model). --condition gives a conditional model its map (at the size to sample);
+--complete keeps the top R token rows of an image and samples the rest; --extend keeps an image in the top-left
+corner of a larger --grid and samples around it; --inpaint re-samples the region a mask marks (masked models).
+The sampler is the checkpoint's: token by token for a GPT, --steps rounds of parallel decoding for a masked model.
 """
 import argparse
 import difflib
@@ -18,7 +21,8 @@ import torch
 from torchvision.utils import save_image
 
 from transformer.loading import load_transformer
-from transformer.sampling import decode_images, likeliest_classes, raster_prefix, sample
+from transformer.draw import draw
+from transformer.sampling import decode_images, likeliest_classes, raster_prefix
 from utils.conditions import read_condition
 from utils.config import check_option
 from utils.data import CLASS_NAMES
@@ -94,6 +98,21 @@ def condition_tokens(path, cond_vq, ckpt: dict, device):
     return cond_vq.encode_to_indices(m.to(device))
 
 
+def inpaint_keep(path: str, image_grid: tuple[int, int], f: int) -> torch.Tensor:
+    """--mask MASK.png (white = re-sample) -> (h, w) bool, True on the tokens kept. Rounded conservatively: a token
+    is re-sampled when any pixel of its f x f patch is marked, so the whole marked region is re-drawn."""
+    m = read_image(path, 1, "--mask") > 0  # (1, 1, H, W): pixels brighter than mid-grey
+    H, W = m.shape[2:]
+    if (H, W) != (image_grid[0] * f, image_grid[1] * f):
+        raise UserError(f"--mask: '{path}' is {W}x{H} pixels, the --inpaint image {image_grid[1] * f}x"
+                        f"{image_grid[0] * f}: give a mask of the image's size")
+    marked = torch.nn.functional.max_pool2d(m.float(), f)[0, 0] > 0  # (h, w): any marked pixel in the patch
+    if not marked.any():
+        raise UserError(f"--mask: '{path}' marks no pixel (white, or brighter than mid-grey, marks the region to "
+                        "re-sample)")
+    return ~marked
+
+
 def generate(argv=None) -> None:
     p = argparse.ArgumentParser(description="Sample images from a trained transformer (stage 2).")
     p.add_argument("--checkpoint", default="runs/shapes_gpt/checkpoints/last.pt")
@@ -115,19 +134,32 @@ def generate(argv=None) -> None:
     p.add_argument("--complete", default=None, metavar="IMAGE.png", help="keep the top rows of this image")
     p.add_argument("--keep-rows", type=int, default=None, help="token rows --complete keeps (default: half)")
     p.add_argument("--extend", default=None, metavar="IMAGE.png", help="keep this image top-left in a larger --grid")
+    p.add_argument("--inpaint", default=None, metavar="IMAGE.png",
+                   help="masked models: re-sample the region --mask marks in this image")
+    p.add_argument("--mask", default=None, metavar="MASK.png", help="white where --inpaint re-samples")
+    p.add_argument("--steps", type=int, default=None,
+                   help="masked models: parallel decoding rounds (default: the run's sample.steps)")
     p.add_argument("--device", default="auto")
     args = p.parse_args(argv)
-    if args.complete and args.extend:
-        raise UserError("--complete and --extend are two uses of a given image: choose one")
+    if sum(bool(a) for a in (args.complete, args.extend, args.inpaint)) > 1:
+        raise UserError("--complete, --extend and --inpaint are three uses of a given image: choose one")
+    if bool(args.inpaint) != bool(args.mask):
+        raise UserError("--inpaint IMAGE.png and --mask MASK.png go together: the mask marks what to re-sample")
     if args.keep_rows is not None and not args.complete:
         raise UserError("--keep-rows is for --complete")
     for name, value, bounds in (("--num", args.num, dict(min=1)), ("--temperature", args.temperature, dict(above=0)),
                                 ("--top-k", args.top_k, dict(min=1)), ("--top-p", args.top_p, dict(above=0, max=1)),
-                                ("--cfg-scale", args.cfg_scale, dict(min=0))):
+                                ("--cfg-scale", args.cfg_scale, dict(min=0)), ("--steps", args.steps, dict(min=1))):
         check_option(name, value, **bounds)
     device = select_device(args.device, DistInfo(), "--device ")
     gpt, vq, cond_vq, ckpt = load_transformer(args.checkpoint, device)
-    window = gpt.cfg.window
+    window, masked = gpt.cfg.window, gpt.cfg.masked
+    if args.steps is not None and not masked:
+        raise UserError("--steps is the number of parallel decoding rounds of a masked model (model.kind=maskgit); "
+                        "this checkpoint is a GPT, which samples token by token")
+    if args.inpaint and not masked:
+        raise UserError("--inpaint re-samples a free-form region, which needs a masked model (model.kind=maskgit); "
+                        "a GPT samples in raster order: use --complete, or train a masked model")
     grid = parse_grid(args.grid) if args.grid else None
     cond = condition_tokens(args.condition, cond_vq, ckpt, device)  # (1, h, w) or None
     if cond is not None:
@@ -156,12 +188,22 @@ def generate(argv=None) -> None:
         tokens[:, :h, :w] = given
         keep = torch.zeros(grid, dtype=torch.bool)
         keep[:h, :w] = True
+    elif args.inpaint:
+        given = image_tokens(args.inpaint, "--inpaint", vq, device)
+        if grid is not None and grid != tuple(given.shape[1:]):
+            raise UserError(f"--inpaint: the image gives a {given.shape[1]}x{given.shape[2]} token grid, not "
+                            f"{grid[0]}x{grid[1]}")
+        grid = tuple(given.shape[1:])
+        tokens, keep = given.expand(args.num, -1, -1), inpaint_keep(args.mask, grid, vq.cfg.downsample_factor)
     grid = grid or window
     if grid[0] < window[0] or grid[1] < window[1]:
         raise UserError(f"--grid {grid[0]}x{grid[1]} is smaller than the trained window {window[0]}x{window[1]}")
     cls = class_index(args.cls, gpt.cfg.num_classes, class_names_of(ckpt)) if args.cls is not None else None
     classes = [cls] if cls is not None else None
-    if classes is None and gpt.cfg.num_classes and args.complete:  # the class the kept rows are likeliest in
+    if classes is None and gpt.cfg.num_classes and masked and (args.complete or args.inpaint):
+        classes = [gpt.cfg.num_classes]  # the null class: the masked model reads the class from the kept tokens
+        print("re-sampling without a class (the null class: the kept tokens decide; --class chooses one)")
+    elif classes is None and gpt.cfg.num_classes and args.complete:  # the class the kept rows are likeliest in
         classes = likeliest_classes(gpt, tokens, int(keep[:window[0], :window[1]].sum()))
         names = class_names_of(ckpt)
         print(f"completing as class {classes[0]}" + (f" ({names[classes[0]]})" if names else "")
@@ -172,10 +214,12 @@ def generate(argv=None) -> None:
               top_p=args.top_p if args.top_p is not None else sc["top_p"],
               cfg_scale=args.cfg_scale if args.cfg_scale is not None else sc["cfg_scale"],
               generator=torch.Generator(device=device).manual_seed(args.seed))
+    if masked:
+        kw.update(steps=args.steps or sc.get("steps", 8), choice_temperature=sc.get("choice_temperature", 4.5))
 
     t0 = time.time()
-    tokens = sample(gpt, args.num, grid, classes, cond=cond, tokens=tokens, keep=keep, use_cache=not args.no_kv_cache,
-                    **kw)
+    tokens = draw(gpt, args.num, grid, classes, cond=cond, tokens=tokens, keep=keep, use_cache=not args.no_kv_cache,
+                  **kw)
     if device.type == "cuda":
         torch.cuda.synchronize()
     elapsed = time.time() - t0
@@ -185,7 +229,7 @@ def generate(argv=None) -> None:
     if out is None:
         run_dir = os.path.dirname(os.path.dirname(os.path.abspath(args.checkpoint)))
         tag = f"seed{args.seed}_{grid[0]}x{grid[1]}" + (f"_class{cls}" if cls is not None else "") + \
-            ("_completed" if args.complete else "_extended" if args.extend else "") + ("_cond" if cond is not None else "")
+            ("_completed" if args.complete else "_extended" if args.extend else "_inpainted" if args.inpaint else "") + ("_cond" if cond is not None else "")
         out = os.path.join(run_dir, "samples", f"samples_{tag}.png")
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     if args.num == 1:
@@ -197,7 +241,10 @@ def generate(argv=None) -> None:
         for i, img in enumerate(images):
             save_image(img, f"{stem}_{i:03d}.png")
     n_tok = args.num * (grid[0] * grid[1] - (int(keep.sum()) if keep is not None else 0))
-    mode = ("sliding window, " if grid != window else "") + ("no KV cache" if args.no_kv_cache else "KV cache")
+    if masked:
+        mode = ("windowed " if grid != window else "") + f"parallel decoding, {kw['steps']} rounds"
+    else:
+        mode = ("sliding window, " if grid != window else "") + ("no KV cache" if args.no_kv_cache else "KV cache")
     print(f"{args.num} image(s), grid {grid[0]}x{grid[1]} ({mode}): {n_tok} tokens in {elapsed:.2f}s = "
           f"{n_tok / max(elapsed, 1e-9):.0f} tokens/s")
     print(f"wrote {out}")

@@ -18,8 +18,9 @@ from torchvision.utils import make_grid
 
 from transformer.gpt import GPT, GPTConfig, legacy_gpt_config, model_args_of
 from transformer.loading import load_stage1
-from transformer.sampling import decode_images, raster_prefix, sample
-from transformer.sequences import crop_windows, make_inputs
+from transformer.draw import draw, sample_options
+from transformer.sampling import decode_images, raster_prefix
+from transformer.sequences import crop_windows, training_pair
 from transformer.tokens import cache_path, dataset_key, load_or_encode
 from utils.conditions import as_picture
 from utils.data import ResumableSampler, build_datasets
@@ -36,7 +37,8 @@ from utils.training import (load_init, main_guard, prepare_run_dir, restore, sav
 
 @torch.no_grad()
 def evaluate_loss(model, grids, labels, gcfg, batch_size, device, ctx, max_batches, rank, world, conds=None):
-    """Validation cross-entropy (nats per image token) over this rank's share, summed over ranks."""
+    """Validation cross-entropy (nats per image token) over this rank's share, summed over ranks; for a masked model,
+    per masked token, with the same masks at every evaluation."""
     model.eval()
     g = torch.Generator().manual_seed(1234)  # the same crops at every evaluation
     idx = torch.arange(rank, len(grids), world)
@@ -46,11 +48,12 @@ def evaluate_loss(model, grids, labels, gcfg, batch_size, device, ctx, max_batch
             break
         sel = idx[s:s + batch_size]
         seq, *cond = crop_windows(gcfg.window, g, grids[sel].long(), *([conds[sel].long()] if conds is not None else []))
-        inp = make_inputs(seq, labels[sel], gcfg, cond=cond[0] if cond else None)
+        inp, targets = training_pair(seq, labels[sel], gcfg, generator=g, cond=cond[0] if cond else None)
         with ctx:
-            _, loss = model(inp.to(device), seq.to(device))
-        tot[0] += loss.double() * seq.numel()
-        tot[1] += seq.numel()
+            _, loss = model(inp.to(device), targets.to(device))
+        scored = (targets != -100).sum()
+        tot[0] += loss.double() * scored
+        tot[1] += scored
     all_reduce_sum(tot)
     model.train()
     return (tot[0] / tot[1].clamp_min(1)).item()
@@ -126,12 +129,12 @@ def train(argv=None):
     ctx = autocast_context(device, run.precision)
     stop = StopSignal()
     n_params = sum(p.numel() for p in model.parameters())
-    log.info(f"run folder {run.dir} | {device} {run.precision} x{dist_info.world_size} | GPT {n_params / 1e6:.2f}M "
+    log.info(f"run folder {run.dir} | {device} {run.precision} x{dist_info.world_size} | {gcfg.kind} {n_params / 1e6:.2f}M "
              f"params, {gcfg.n_layer} layers x {gcfg.n_embd} | grid {grid[0]}x{grid[1]}, window "
              f"{window[0]}x{window[1]}, {gcfg.codebook_size} codes, {gcfg.num_classes or 'no'} classes | "
              f"{len(train_grids)} train / {len(val_grids)} val grids")
     sc = cfg.sample
-    options = dict(temperature=sc.temperature, top_k=sc.top_k, top_p=sc.top_p, cfg_scale=sc.cfg_scale)
+    options = sample_options(sc, model)
     logger = RunLogger(run.dir, dist_info.is_main, t.max_steps, step, "stage 2")
 
     def save(at_step: int) -> None:
@@ -149,7 +152,7 @@ def train(argv=None):
                 model.eval()
                 n, k = sc.num, min(sc.num, len(val_grids))
                 conds = None if val_conds is None else val_conds[:k].long().to(device)  # the val images' maps
-                toks = sample(model, n if conds is None else k, grid, cond=conds,
+                toks = draw(model, n if conds is None else k, grid, cond=conds,
                               generator=torch.Generator(device).manual_seed(cfg.run.seed), **options)
                 shown = decode_images(vq, toks)
                 if conds is not None:  # each condition map above the sample drawn for it
@@ -159,7 +162,7 @@ def train(argv=None):
                              at_step)
                 real = val_grids[:k].long().to(device)
                 classes = val_labels[:k].tolist() if gcfg.num_classes else None
-                done = sample(model, k, grid, classes, cond=conds, tokens=real,
+                done = draw(model, k, grid, classes, cond=conds, tokens=real,
                               keep=raster_prefix(grid, (grid[0] // 2) * grid[1]),
                               generator=torch.Generator(device).manual_seed(cfg.run.seed), **options)
                 images = torch.cat([decode_images(vq, real), decode_images(vq, done)])
@@ -190,11 +193,12 @@ def train(argv=None):
             batch_in_epoch += 1
             seq, *cond = crop_windows(window, None, train_grids[sel].long(),
                                       *([train_conds[sel].long()] if train_conds is not None else []))
-            inp = make_inputs(seq, train_labels[sel], gcfg, t.pkeep, t.class_dropout, cond=cond[0] if cond else None)
+            inp, targets = training_pair(seq, train_labels[sel], gcfg, t.pkeep, t.class_dropout,
+                                         cond=cond[0] if cond else None)
             last = k == t.grad_accum - 1
             with nullcontext() if last or not dist_info.enabled else fwd.no_sync():
                 with ctx:
-                    _, loss = fwd(inp.to(device, non_blocking=True), seq.to(device, non_blocking=True))
+                    _, loss = fwd(inp.to(device, non_blocking=True), targets.to(device, non_blocking=True))
                 scaler.scale(loss / t.grad_accum).backward()
             micro_terms.append({"cross_entropy": loss.detach()})
             sums += loss.detach()

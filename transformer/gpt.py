@@ -6,6 +6,10 @@ class (for classifier-free guidance) for class-conditional ones; then, for condi
 Kc codes of the condition tokenizer. A conditional sequence is [the window's condition codes, start,
 image codes]: the condition comes first (the official cond_stage layout) and the loss is taken on the
 image codes only. The output head predicts image codes only, so no other token can ever be sampled.
+
+`kind="maskgit"` (Chang et al., 2022) is the same transformer without the causal mask: it reads [the window's
+condition codes,] the prefix token and all the window's codes, some replaced by a [MASK] token (the id after
+the special tokens, an input only), and predicts the codes at every position (transformer/maskgit.py).
 """
 import math
 from dataclasses import asdict, dataclass
@@ -29,15 +33,24 @@ class GPTConfig:
     n_head: int = 8
     n_embd: int = 512
     dropout: float = 0.0
+    kind: str = "gpt"           # gpt: causal, raster order; maskgit: bidirectional, masked-token prediction
 
     def __post_init__(self):
         self.window = tuple(self.window)
+        if self.kind not in ("gpt", "maskgit"):
+            raise ValueError(f"unknown model kind {self.kind!r}")
+
+    @property
+    def masked(self) -> bool:
+        return self.kind == "maskgit"
 
     @property
     def block_size(self) -> int:
-        """Tokens per sequence: window_h * window_w (the prefix takes slot 0, the last code is never an input),
-        preceded by as many condition codes for a conditional model."""
-        return self.window[0] * self.window[1] * (2 if self.cond_codebook_size else 1)
+        """Tokens per sequence: window_h * window_w (the prefix takes slot 0, the last code is never an input; a
+        masked model reads all the codes after the prefix), preceded by as many condition codes for a conditional
+        model."""
+        L = self.window[0] * self.window[1]
+        return L + (1 if self.masked else 0) + (L if self.cond_codebook_size else 0)
 
     @property
     def vocab_size(self) -> int:
@@ -46,7 +59,14 @@ class GPTConfig:
     @property
     def cond_offset(self) -> int:
         """The id of condition code 0: after the image codes and the special tokens."""
-        return self.codebook_size + (self.num_classes + 1 if self.num_classes else 1)
+        return self.codebook_size + (self.num_classes + 1 if self.num_classes else 1) + (1 if self.masked else 0)
+
+    @property
+    def mask_token(self) -> int:
+        """A masked model's [MASK] id: the last special token (never an output: the head predicts codes only)."""
+        if not self.masked:
+            raise ValueError("only a masked (maskgit) model has a [MASK] token")
+        return self.cond_offset - 1
 
     @property
     def start_token(self) -> int:
@@ -92,7 +112,7 @@ def explicit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal
 class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
-        self.n_head, self.dropout = cfg.n_head, cfg.dropout
+        self.n_head, self.dropout, self.causal = cfg.n_head, cfg.dropout, not cfg.masked
         self.qkv = nn.Linear(cfg.n_embd, 3 * cfg.n_embd)
         self.proj = nn.Linear(cfg.n_embd, cfg.n_embd)
         self.resid_drop = nn.Dropout(cfg.dropout)
@@ -101,7 +121,7 @@ class CausalSelfAttention(nn.Module):
         B, T, C = x.shape
         q, k, v = self.qkv(x).split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hd)
-        causal = True
+        causal = self.causal
         if cache is not None:
             cache.k[layer, :, :, pos:pos + T] = k
             cache.v[layer, :, :, pos:pos + T] = v
@@ -162,7 +182,8 @@ class GPT(nn.Module):
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor = None):
         """idx: (B, T) token ids (prefix first) -> (logits (B, T, K), the mean cross-entropy in nats per token
-        of the last T' positions against targets (B, T'), or None without targets)."""
+        of the last T' positions against targets (B, T') (positions whose target is -100 are not scored), or None
+        without targets)."""
         B, T = idx.shape
         if T > self.cfg.block_size:
             raise ValueError(f"sequence of {T} tokens is longer than block_size {self.cfg.block_size}")
@@ -176,7 +197,7 @@ class GPT(nn.Module):
         return logits, F.cross_entropy(scored.float().reshape(-1, scored.shape[-1]), targets.reshape(-1))
 
     def forward_cached(self, idx: torch.Tensor, cache: KVCache, pos: int) -> torch.Tensor:
-        """Runs idx (B, T) at positions pos..pos+T-1 through the cache; returns the last position's
+        """A GPT's incremental decoding: runs idx (B, T) at positions pos..pos+T-1 through the cache; returns the last position's
         logits (B, K). T > 1 only when pos == 0 (a prefill)."""
         T = idx.shape[1]
         x = self.tok_emb(idx) + self.pos_emb.weight[pos:pos + T]  # (B, T, C)

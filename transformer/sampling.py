@@ -85,6 +85,14 @@ def raster_prefix(grid: tuple[int, int], n: int) -> torch.Tensor:
     return (torch.arange(grid[0] * grid[1]) < n).reshape(grid)
 
 
+def centre_keep(grid: tuple[int, int], side: int) -> torch.Tensor:
+    """(H, W) bool: False on the centre side x side positions (what an inpainting re-samples), True elsewhere."""
+    keep = torch.ones(grid, dtype=torch.bool)
+    top, left = (grid[0] - side) // 2, (grid[1] - side) // 2
+    keep[top:top + side, left:left + side] = False
+    return keep
+
+
 @torch.inference_mode()
 def sample(gpt: GPT, batch: int, grid: Optional[tuple[int, int]] = None, classes: Optional[Sequence[int]] = None,
            temperature: float = 1.0, top_k: Optional[int] = None, top_p: Optional[float] = None,

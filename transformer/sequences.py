@@ -1,5 +1,7 @@
-"""The training sequences of the GPT: windows cropped from the token grids, and the inputs built from them
-([the window's condition codes,] a start or class token, the codes but the last), with their corruptions."""
+"""The training sequences of stage 2: windows cropped from the token grids, and the inputs built from them: for
+a GPT [the window's condition codes,] a start or class token, the codes but the last, with their corruptions;
+for a masked model the prefix and all the codes, a random share of them [MASK]ed by the cosine schedule."""
+import math
 from typing import Optional
 
 import torch
@@ -21,21 +23,56 @@ def crop_windows(window, generator, *grids: torch.Tensor) -> list[torch.Tensor]:
     return [g[torch.arange(B)[:, None, None], rows, cols].reshape(B, -1) for g in grids]  # (B, wh*ww) each
 
 
+def prefix_ids(labels: torch.Tensor, gcfg: GPTConfig, class_dropout: float = 0.0, generator=None) -> torch.Tensor:
+    """(B,) the token before the codes: the class token (the null class with probability class_dropout, for
+    classifier-free guidance), or the start token of a model without classes."""
+    if not gcfg.num_classes:
+        return torch.full((len(labels),), gcfg.start_token, dtype=torch.long)
+    prefix = gcfg.codebook_size + labels.clone()
+    if class_dropout > 0:
+        drop = torch.rand(len(labels), generator=generator) < class_dropout
+        prefix[drop] = gcfg.null_class_token
+    return prefix
+
+
 def make_inputs(seq: torch.Tensor, labels: torch.Tensor, gcfg: GPTConfig, pkeep: float = 1.0,
                 class_dropout: float = 0.0, generator=None, cond: Optional[torch.Tensor] = None) -> torch.Tensor:
     """seq: (B, L) codes -> (B, L) inputs [prefix, seq[:-1]], with pkeep corruption and class dropout; with cond
     (B, L) condition codes, (B, 2L) inputs [cond, prefix, seq[:-1]]."""
-    B = seq.shape[0]
-    if gcfg.num_classes:
-        prefix = gcfg.codebook_size + labels.clone()
-        if class_dropout > 0:
-            drop = torch.rand(B, generator=generator) < class_dropout
-            prefix[drop] = gcfg.null_class_token
-    else:
-        prefix = torch.full((B,), gcfg.start_token, dtype=torch.long)
+    prefix = prefix_ids(labels, gcfg, class_dropout, generator)
     body = seq[:, :-1]
     if pkeep < 1.0:
         keep = torch.rand(body.shape, generator=generator) < pkeep
         body = torch.where(keep, body, torch.randint_like(body, gcfg.codebook_size, generator=generator))
     inputs = torch.cat([prefix[:, None], body], 1)
     return inputs if cond is None else torch.cat([cond + gcfg.cond_offset, inputs], 1)
+
+
+def mask_ratio(r: torch.Tensor) -> torch.Tensor:
+    """MaskGIT's cosine schedule: the fraction of tokens masked at progress r in [0, 1] (1 at 0, 0 at 1)."""
+    return torch.cos(math.pi / 2 * r)
+
+
+def masked_inputs(seq: torch.Tensor, labels: torch.Tensor, gcfg: GPTConfig, class_dropout: float = 0.0,
+                  generator=None, cond: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """A masked model's training pair. seq: (B, L) codes -> inputs (B, 1 + L) [prefix, seq with a random set of
+    positions replaced by [MASK]] ([cond, ...] with condition codes, (B, 2L + 1)) and targets (B, L): the codes
+    at the masked positions, -100 (not scored) elsewhere. Each sequence masks ceil(cos(pi/2 r) L) positions,
+    at least one, for r uniform in [0, 1) (the cosine schedule that sampling follows)."""
+    B, L = seq.shape
+    prefix = prefix_ids(labels, gcfg, class_dropout, generator)
+    n = (mask_ratio(torch.rand(B, generator=generator)) * L).ceil().clamp(1, L)  # (B,) positions to mask
+    rank = torch.rand(B, L, generator=generator).argsort(1).argsort(1)  # a random order of the positions
+    masked = rank < n[:, None]  # (B, L)
+    inputs = torch.cat([prefix[:, None], seq.masked_fill(masked, gcfg.mask_token)], 1)
+    targets = seq.masked_fill(~masked, -100)
+    return (inputs if cond is None else torch.cat([cond + gcfg.cond_offset, inputs], 1)), targets
+
+
+def training_pair(seq: torch.Tensor, labels: torch.Tensor, gcfg: GPTConfig, pkeep: float = 1.0,
+                  class_dropout: float = 0.0, generator=None, cond: Optional[torch.Tensor] = None):
+    """(inputs, targets) of either model kind: next-token prediction for a GPT, masked-token prediction for a
+    masked model."""
+    if gcfg.masked:
+        return masked_inputs(seq, labels, gcfg, class_dropout, generator, cond)
+    return make_inputs(seq, labels, gcfg, pkeep, class_dropout, generator, cond), seq

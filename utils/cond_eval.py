@@ -8,7 +8,8 @@
 import torch
 import torch.nn.functional as F
 
-from transformer.sampling import decode_images, likeliest_classes, raster_prefix, sample
+from transformer.draw import draw
+from transformer.sampling import centre_keep, decode_images, likeliest_classes, raster_prefix
 from utils.classifier import classify, iou, load_or_train, load_or_train_segmenter
 from utils.conditions import downsample, upsample
 from utils.data import build_datasets
@@ -45,7 +46,7 @@ def evaluate_segmentation(model, cfg, cache_dir: str, n: int, generator, options
     images = []
     for b in _batches(len(x), batch):
         cond = cond_vq.encode_to_indices(maps[b].to(device))
-        images.append(decode_images(vq, sample(gpt, len(cond), cond=cond, generator=generator, **options)) * 2 - 1)
+        images.append(decode_images(vq, draw(gpt, len(cond), cond=cond, generator=generator, **options)) * 2 - 1)
     y = torch.cat(images)
     drawn = torch.cat([segmenter(t) > 0 for t in y.split(500)])
     real = torch.cat([segmenter(t) > 0 for t in x.split(500)])
@@ -66,7 +67,7 @@ def evaluate_superres(model, cfg, cache_dir: str, n: int, generator, options: di
     images = []
     for b in _batches(len(x), batch):
         cond = cond_vq.encode_to_indices(upsample(small[b], f).to(device))
-        images.append(decode_images(vq, sample(gpt, len(cond), cond=cond, generator=generator, **options)) * 2 - 1)
+        images.append(decode_images(vq, draw(gpt, len(cond), cond=cond, generator=generator, **options)) * 2 - 1)
     y = torch.cat(images)
     bicubic = F.interpolate(small, scale_factor=f, mode="bicubic", align_corners=False).clamp(-1, 1)
 
@@ -96,7 +97,8 @@ def evaluate_completion(model, cfg, cache_dir: str, n: int, generator, options: 
     device = next(gpt.parameters()).device
     nc = gpt.cfg.num_classes
     out = {"images": len(x)}
-    for name in (["likeliest_class", "null_class", "true_class"] if nc else ["completed"]):
+    names = ["null_class", "true_class"] if gpt.cfg.masked else ["likeliest_class", "null_class", "true_class"]
+    for name in (names if nc else ["completed"]):
         images = []
         for b in _batches(len(x), batch):
             tokens = vq.encode_to_indices(x[b].to(device))
@@ -105,8 +107,35 @@ def evaluate_completion(model, cfg, cache_dir: str, n: int, generator, options: 
             kept = (grid[0] // 2) * grid[1]
             classes = None if not nc else [nc] if name == "null_class" else labels[b].tolist() \
                 if name == "true_class" else likeliest_classes(gpt, tokens, kept)
-            done = sample(gpt, len(tokens), grid, classes, cond=cond, tokens=tokens, keep=raster_prefix(grid, kept),
-                          generator=generator, **options)
+            done = draw(gpt, len(tokens), grid, classes, cond=cond, tokens=tokens, keep=raster_prefix(grid, kept),
+                        generator=generator, **options)
+            images.append(decode_images(vq, done) * 2 - 1)
+        out[f"class_accuracy_{name}"] = (classify(clf, torch.cat(images))[0] == labels).float().mean().item()
+    return out
+
+
+@torch.no_grad()
+def evaluate_inpainting(model, cfg, cache_dir: str, n: int, generator, options: dict, log, batch=100,
+                        side: int = 4) -> dict:
+    """Masks the centre side x side tokens of n held-out images and re-samples them (a masked model's free-form
+    inpainting, as generate.py --inpaint does it: without --class, the null class); the classifier judges whether
+    the result is still of the original class. A class-conditional model is also given the true class."""
+    gpt, vq, cond_vq, _ = model
+    if not gpt.cfg.masked:
+        raise ValueError("inpainting is scored for masked (maskgit) models")
+    x, labels, maps = _held_out(cfg, n)
+    clf, _ = load_or_train(cfg.data.dataset, cfg.data, cache_dir, log)
+    device = next(gpt.parameters()).device
+    nc = gpt.cfg.num_classes
+    out = {"images": len(x), "masked_tokens": side * side}
+    for name in (["null_class", "true_class"] if nc else ["inpainted"]):
+        images = []
+        for b in _batches(len(x), batch):
+            tokens = vq.encode_to_indices(x[b].to(device))
+            cond = cond_vq.encode_to_indices(maps[b].to(device)) if cond_vq is not None else None
+            classes = None if not nc else [nc] if name == "null_class" else labels[b].tolist()
+            done = draw(gpt, len(tokens), tokens.shape[1:], classes, cond=cond, tokens=tokens,
+                        keep=centre_keep(tuple(tokens.shape[1:]), side), generator=generator, **options)
             images.append(decode_images(vq, done) * 2 - 1)
         out[f"class_accuracy_{name}"] = (classify(clf, torch.cat(images))[0] == labels).float().mean().item()
     return out

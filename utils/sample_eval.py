@@ -21,9 +21,10 @@ import os
 import torch
 
 from transformer.loading import load_transformer
-from transformer.sampling import decode_images, sample
+from transformer.draw import draw, sample_options
+from transformer.sampling import decode_images
 from utils.classifier import classify, load_or_train
-from utils.cond_eval import evaluate_completion, evaluate_segmentation, evaluate_superres
+from utils.cond_eval import evaluate_completion, evaluate_inpainting, evaluate_segmentation, evaluate_superres
 from utils.config import check_option, load_config
 from utils.data import build_datasets
 from utils.distributed import DistInfo, select_device
@@ -42,18 +43,23 @@ def fd(a: torch.Tensor, b: torch.Tensor) -> float:
 
 @torch.no_grad()
 def evaluate(run_dir: str, per_class: int = 300, seed: int = 0, options: dict = None, device: str = "auto",
-             recon: bool = True, batch: int = 100, complete: bool = False, held_out: int = 500) -> dict:
+             recon: bool = True, batch: int = 100, complete: bool = False, held_out: int = 500,
+             inpaint: bool = False) -> dict:
     """The scores that fit the run: per-class recognition for a class-conditional model, mask coverage for a
     segmentation-conditional one, faithfulness and sharpness for a super-resolution one; with complete, also the
-    completion of held_out validation images."""
+    completion of held_out validation images; with inpaint (masked models), the re-sampling of their centre 4x4
+    tokens."""
     log = setup_logging(True)
     ckpt_path = os.path.join(run_dir, "checkpoints", "last.pt")
     dev = select_device(device, DistInfo(), "--device ")
     model = load_transformer(ckpt_path, dev)
     cfg = load_config(Stage2Config, base=model.ckpt["config"], base_name=f"checkpoint '{ckpt_path}'")
     sc = cfg.sample
-    opts = dict(temperature=sc.temperature, top_k=sc.top_k, top_p=sc.top_p, cfg_scale=sc.cfg_scale)
-    opts.update({k: v for k, v in (options or {}).items() if v is not None})
+    opts = sample_options(sc, model.gpt)
+    given = {k: v for k, v in (options or {}).items() if v is not None}
+    if not model.gpt.cfg.masked and {"steps", "choice_temperature"} & set(given):
+        raise UserError("--steps and --choice-temperature are for masked (maskgit) models; this run is a GPT")
+    opts.update(given)
     g = torch.Generator(dev).manual_seed(seed)
     cache = os.path.join(cfg.run.out_dir, "cache")
     kind = cfg.data.condition
@@ -63,13 +69,18 @@ def evaluate(run_dir: str, per_class: int = 300, seed: int = 0, options: dict = 
     elif model.gpt.cfg.num_classes:
         out = class_scores(model, cfg, per_class, g, opts, log, recon, batch, dev)
         out.update(run=run_dir, seed=seed)
-    elif not complete:
+    elif not (complete or inpaint):
         raise UserError(f"'{ckpt_path}': nothing to score here (an unconditional model, or a condition without a "
                         "score); --complete scores completions of any model")
     else:
         out = {"run": run_dir, "sampling": opts, "seed": seed}
     if complete:
         out["completion"] = evaluate_completion(model, cfg, cache, held_out, g, opts, log)
+    if inpaint:
+        if not model.gpt.cfg.masked:
+            raise UserError(f"'{ckpt_path}' is a GPT: --inpaint scores the free-form inpainting of masked "
+                            "(model.kind=maskgit) models")
+        out["inpainting"] = evaluate_inpainting(model, cfg, cache, held_out, g, opts, log)
     return out
 
 
@@ -82,7 +93,7 @@ def class_scores(model, cfg, per_class, g, opts, log, recon, batch, dev) -> dict
     for c in range(nc):
         for s in range(0, per_class, batch):
             n = min(batch, per_class - s)
-            images.append(decode_images(vq, sample(gpt, n, classes=[c], generator=g, **opts)))
+            images.append(decode_images(vq, draw(gpt, n, classes=[c], generator=g, **opts)))
             wanted += [c] * n
     x = torch.cat(images) * 2 - 1  # (N, C, H, W) in [-1, 1]
     wanted = torch.tensor(wanted)
@@ -118,7 +129,7 @@ def class_scores(model, cfg, per_class, g, opts, log, recon, batch, dev) -> dict
 
 def report(r: dict) -> str:
     lines = [f"{r['run']}: sampling {r['sampling']}, seed {r['seed']}"]
-    for key in ("segmentation", "lowres", "completion"):
+    for key in ("segmentation", "lowres", "completion", "inpainting"):
         if key in r:
             lines.append(f"{key}: " + json.dumps(r[key]))
     if "per_class" in r:
@@ -153,21 +164,28 @@ def main(argv=None) -> None:
     p.add_argument("run_dir", help="a stage-2 run folder (runs/<name>)")
     p.add_argument("--per-class", type=int, default=300)
     p.add_argument("--seed", type=int, default=0)
-    for opt, kind in (("--cfg-scale", float), ("--top-p", float), ("--top-k", int), ("--temperature", float)):
-        p.add_argument(opt, type=kind, default=None, help="instead of the run's sample setting")
+    for opt, kind in (("--cfg-scale", float), ("--top-p", float), ("--top-k", int), ("--temperature", float),
+                      ("--steps", int), ("--choice-temperature", float)):
+        p.add_argument(opt, type=kind, default=None, help="instead of the run's sample setting" +
+                       (" (masked models)" if opt in ("--steps", "--choice-temperature") else ""))
     p.add_argument("--device", default="auto")
     p.add_argument("--no-recon", action="store_true", help="skip the stage-1 reconstruction ceiling")
     p.add_argument("--complete", action="store_true", help="also score completions of held-out images' bottom halves")
+    p.add_argument("--inpaint", action="store_true",
+                   help="masked models: also score the re-sampling of held-out images' centre 4x4 tokens")
     p.add_argument("--held-out", type=int, default=500, help="images for the conditional and completion scores")
     args = p.parse_args(argv)
     check_option("--per-class", args.per_class, min=1)
     for name, value, bounds in (("--temperature", args.temperature, dict(above=0)), ("--top-k", args.top_k, dict(min=1)),
-                                ("--top-p", args.top_p, dict(above=0, max=1)), ("--cfg-scale", args.cfg_scale, dict(min=0))):
+                                ("--top-p", args.top_p, dict(above=0, max=1)), ("--cfg-scale", args.cfg_scale, dict(min=0)),
+                                ("--steps", args.steps, dict(min=1)),
+                                ("--choice-temperature", args.choice_temperature, dict(min=0))):
         check_option(name, value, **bounds)
-    options = dict(cfg_scale=args.cfg_scale, top_p=args.top_p, top_k=args.top_k, temperature=args.temperature)
+    options = dict(cfg_scale=args.cfg_scale, top_p=args.top_p, top_k=args.top_k, temperature=args.temperature,
+                   steps=args.steps, choice_temperature=args.choice_temperature)
     check_option("--held-out", args.held_out, min=1)
     r = evaluate(args.run_dir, args.per_class, args.seed, options, args.device, not args.no_recon,
-                 complete=args.complete, held_out=args.held_out)
+                 complete=args.complete, held_out=args.held_out, inpaint=args.inpaint)
     print(report(r))
     path = os.path.join(args.run_dir, "sample_eval.json")
     with open(path, "w") as f:

@@ -28,6 +28,8 @@ class TokenDataConfig(DataConfig):
 
 @dataclass
 class GPTSection:
+    kind: str = choices("gpt", "maskgit", default="gpt")  # gpt: autoregressive (the paper); maskgit: a bidirectional
+                                        # transformer trained on masked tokens, sampled by parallel decoding
     n_layer: int = num(4, min=1)
     n_head: int = num(4, min=1)
     n_embd: int = num(256, min=1)
@@ -42,7 +44,9 @@ class SampleConfig:
     top_k: Optional[int] = num(None, min=1)
     top_p: Optional[float] = num(None, above=0, max=1)
     cfg_scale: float = num(1.0, min=0)  # classifier-free guidance (class-conditional models)
-    num: int = num(8, min=1)            # images sampled at each evaluation
+    steps: int = num(8, min=1)          # maskgit: parallel decoding rounds per window
+    choice_temperature: float = num(4.5, min=0)  # maskgit: initial scale of the confidence noise (annealed to 0)
+    num: int = num(8, min=1)            # images sampled at each evaluation (last: the field shadows `num`)
 
 
 @dataclass
@@ -77,6 +81,9 @@ class Stage2Config:
         if self.model.n_embd % self.model.n_head:
             raise ConfigError(f"model.n_embd={self.model.n_embd} is not divisible by model.n_head="
                               f"{self.model.n_head} ({where})")
+        if self.model.kind == "maskgit" and self.train.pkeep < 1:
+            raise ConfigError(f"train.pkeep={self.train.pkeep} corrupts a GPT's inputs; a masked model (model.kind="
+                              f"maskgit) masks them instead: leave train.pkeep=1.0 ({where})")
         d = self.data
         if d.tokenize != "image":
             raise ConfigError(f"data.tokenize={d.tokenize} is for stage 1; a transformer reads image tokens ({where})")
@@ -142,13 +149,16 @@ def gpt_config(cfg: Stage2Config, vq: VQGANConfig, grid: tuple[int, int], class_
     return GPTConfig(codebook_size=vq.codebook_size, window=tuple(m.window) or grid,
                      num_classes=len(class_names) if m.class_conditional else 0,
                      cond_codebook_size=cond_vq.codebook_size if cond_vq is not None else 0,
-                     n_layer=m.n_layer, n_head=m.n_head, n_embd=m.n_embd, dropout=m.dropout)
+                     n_layer=m.n_layer, n_head=m.n_head, n_embd=m.n_embd, dropout=m.dropout, kind=m.kind)
 
 
 def check_init_layout(init: GPTConfig, gcfg: GPTConfig, path: str) -> None:
     """A transformer that a new run starts from (train.init_from) must read the same tokens: the same vocabulary
     (codes and classes) and the same sequence length (window)."""
     where = f"train.init_from '{path}'"
+    if init.kind != gcfg.kind:
+        raise UserError(f"{where} is a model.kind={init.kind} model, this run trains model.kind={gcfg.kind}: a "
+                        "causal and a masked transformer read different sequences; start from scratch")
     if init.codebook_size != gcfg.codebook_size:
         raise UserError(f"{where} predicts {init.codebook_size} codes, this stage-1 model has {gcfg.codebook_size}: "
                         "a changed vocabulary; start from a transformer over this stage-1 model's codes, or from scratch")

@@ -5,7 +5,8 @@
 A stage-1 run folder gives recon.png (val inputs above their reconstructions) and codebook_usage.png
 (codes sorted by how often the val set uses them); a stage-2 run folder gives samples.png (one row
 per class for class-conditional models), sliding.png (a grid twice the trained window each way)
-and completions.png (val images above their bottom-half completions). Default --out: RUN_DIR/figures.
+and completions.png (val images above their bottom-half completions); a masked (MaskGIT) model also gives
+inpainting.png (val images, their centre marked in grey, the centre re-sampled). Default --out: RUN_DIR/figures.
 """
 import argparse
 import math
@@ -16,7 +17,8 @@ from PIL import Image, ImageDraw
 from torchvision.utils import make_grid, save_image
 
 from transformer.loading import load_transformer
-from transformer.sampling import decode_images, raster_prefix, sample
+from transformer.draw import draw, sample_options
+from transformer.sampling import centre_keep, decode_images, raster_prefix
 from utils.conditions import as_picture
 from utils.config import check_option, load_config
 from utils.data import build_datasets
@@ -84,36 +86,45 @@ def stage2_figures(ckpt_path: str, out: str, num: int, seed: int, scale: int = 1
     gpt, vq, cond_vq, ckpt = load_transformer(ckpt_path)
     cfg = load_config(Stage2Config, base=ckpt["config"])
     sc = cfg.sample
-    options = dict(temperature=sc.temperature, top_k=sc.top_k, top_p=sc.top_p, cfg_scale=sc.cfg_scale)
+    options = sample_options(sc, gpt)
 
-    def draw(n, grid=None, classes=None, tokens=None, keep=None, cond=None, again=0):
+    def drawn(n, grid=None, classes=None, tokens=None, keep=None, cond=None, again=0):
         g = torch.Generator().manual_seed(seed + again)
-        return decode_images(vq, sample(gpt, n, grid, classes, tokens=tokens, keep=keep, cond=cond, generator=g,
-                                        **options))
+        return decode_images(vq, draw(gpt, n, grid, classes, tokens=tokens, keep=keep, cond=cond, generator=g,
+                                      **options))
 
     window, grid = gpt.cfg.window, tuple(ckpt["grid"])
     nc = gpt.cfg.num_classes
     paths = [os.path.join(out, "samples.png"), os.path.join(out, "sliding.png"), os.path.join(out, "completions.png")]
     val_cache = ckpt.get("token_cache", {}).get("val", "")  # the validation grids the run was scored on
     if cond_vq is not None:
-        return [conditional_figure(vq, cond_vq, cfg.data.condition, val_cache, draw, num, os.path.join(out,
+        return [conditional_figure(vq, cond_vq, cfg.data.condition, val_cache, drawn, num, os.path.join(out,
                                    "conditions.png"), scale)]
     if nc:  # one row per class
         per = max(1, num // nc) if num >= nc else 1
         labels = torch.arange(nc).repeat_interleave(per)
-        save_grid(draw(len(labels), classes=labels.tolist()), paths[0], nrow=per, scale=scale)
+        save_grid(drawn(len(labels), classes=labels.tolist()), paths[0], nrow=per, scale=scale)
     else:
-        save_grid(draw(num), paths[0], nrow=math.ceil(math.sqrt(num)), scale=scale)
+        save_grid(drawn(num), paths[0], nrow=math.ceil(math.sqrt(num)), scale=scale)
     k = min(4, num)
     classes = (torch.arange(k) % nc).tolist() if nc else None
-    save_grid(draw(k, (2 * window[0], 2 * window[1]), classes), paths[1], nrow=k, scale=scale, padding=2)
+    save_grid(drawn(k, (2 * window[0], 2 * window[1]), classes), paths[1], nrow=k, scale=scale, padding=2)
     if os.path.isfile(val_cache) and grid == window:
         c = torch.load(val_cache, weights_only=True)
         k = min(num, len(c["tokens"]))
         real = c["tokens"][:k].long()
         classes = c["labels"][:k].tolist() if nc else None
-        done = draw(k, grid, classes, tokens=real, keep=raster_prefix(grid, (grid[0] // 2) * grid[1]))
+        done = drawn(k, grid, classes, tokens=real, keep=raster_prefix(grid, (grid[0] // 2) * grid[1]))
         save_grid(torch.cat([decode_images(vq, real), done]), paths[2], nrow=k, scale=scale)
+        if gpt.cfg.masked:  # free-form: the centre re-sampled, without a class (the kept tokens decide)
+            keep = centre_keep(grid, max(1, grid[0] // 2))
+            shown = decode_images(vq, real)
+            f = vq.cfg.downsample_factor
+            holed = shown.clone()
+            holed[:, :, ~keep.repeat_interleave(f, 0).repeat_interleave(f, 1)] = 0.5  # the re-sampled region in grey
+            done = drawn(k, grid, [nc] * k if nc else None, tokens=real, keep=keep)
+            paths.append(os.path.join(out, "inpainting.png"))
+            save_grid(torch.cat([shown, holed, done]), paths[-1], nrow=k, scale=scale)
     else:
         paths.pop()
     return paths
