@@ -77,3 +77,68 @@ def test_lookup_memory_excludes_the_parent_process():
     assert 0 < res["peak_mib"] < 300, res  # 4096 x 256 against 16384 codes in 16 MiB blocks: tens of MiB
     if "baseline_peak_mib" in res:  # the official lookup holds the full 4096 x 16384 distance matrix (256 MiB)
         assert res["baseline_peak_mib"] > 256 and res["memory_ratio"] > 4
+
+
+def test_gflop_per_image_counts_what_each_sampler_runs():
+    """The arithmetic of one image, checked against torch's FLOP counter on the real forward passes (which does
+    not see CPU attention, added here by its formula: 4 d per query and key, per layer)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from transformer.gpt import GPT, GPTConfig
+    from transformer.maskgit import sample_masked
+    from transformer.sampling import sample
+    from utils.benchmark.maskgit import gflop_per_image
+    n, d, L = 2, 32, 16
+    for kind in ("gpt", "maskgit"):
+        torch.manual_seed(0)
+        cfg = GPTConfig(codebook_size=64, window=(4, 4), n_layer=n, n_head=4, n_embd=d, kind=kind)
+        m = GPT(cfg).eval()
+        with FlopCounterMode(display=False) as fc:
+            if kind == "gpt":
+                sample(m, 1)
+                attention = n * 4 * d * sum(p + 1 for p in range(L))  # position p attends to p + 1 keys
+            else:
+                sample_masked(m, 1, steps=3)
+                attention = 3 * n * 4 * d * (L + 1) ** 2
+        assert (fc.get_total_flops() + attention) / 1e9 == pytest.approx(gflop_per_image(cfg, 3), rel=1e-9)
+
+
+def test_maskgit_benchmark_rows(monkeypatch):
+    from utils.benchmark import maskgit
+    monkeypatch.setattr(maskgit, "LAYERS", 1)
+    monkeypatch.setattr(maskgit, "WIDTH", 16)
+    monkeypatch.setattr(maskgit, "HEADS", 2)
+    r = maskgit.bench_maskgit(torch.device("cpu"), quick=True)
+    assert set(r["rows"]) == {"8x8_batch1", "8x8_batch8", "16x16_batch1", "16x16_batch8"}
+    row = r["rows"]["16x16_batch1"]
+    assert r["ratio"] == pytest.approx(row["gpt_kv_ms"] / row["maskgit_ms"])
+    assert r["ratio"] == pytest.approx(row["maskgit_tokens_per_sec"] / row["gpt_kv_tokens_per_sec"])
+    assert r["ratio_8x8"] == pytest.approx(r["rows"]["8x8_batch1"]["ratio"])
+    assert row["maskgit_gflop_per_image"] > row["gpt_kv_gflop_per_image"] > 0  # 8 rounds over every token cost more
+
+
+FASHION = "/usr/share/datasets/fashion-mnist"
+
+
+@needs_taming
+@pytest.mark.skipif(not __import__("os").path.isdir(FASHION), reason="Debian's dataset-fashion-mnist not installed")
+def test_time_to_quality_wiring():
+    """A few steps on real Fashion-MNIST: both sides see the same batches, ours stops at the first evaluation that
+    reaches the baseline's PSNR (here a baseline of a few steps, reached at once), and the JSON holds every figure."""
+    from utils.benchmark import quality
+    x_train, x_eval = quality.fashion_batches(FASHION, steps=6, batch=8, n_eval=16)
+    assert x_train.shape == (48, 1, 32, 32) and x_eval.shape == (16, 1, 32, 32) and x_train.min() >= -1
+    base = quality.train_official(x_train, x_eval, 6, 8, torch.device("cpu"))
+    assert base["seconds"] > 0 and 0 < base["codebook_usage"] <= 1 and base["perplexity"] >= 1
+    ours = quality.train_ours(x_train, x_eval, 6, 8, torch.device("cpu"), target_psnr=-100.0, every=2)
+    assert ours["reached"] == 2 and ours["steps"] == 2 and ours["trace"][0]["step"] == 2
+    never = quality.train_ours(x_train, x_eval, 6, 8, torch.device("cpu"), target_psnr=1000.0, every=3)
+    assert never["reached"] is None and never["steps"] == 6 and [t["step"] for t in never["trace"]] == [3, 6]
+    r = quality.bench_time_to_quality(torch.device("cpu"), False, FASHION, steps=4, batch=8, n_eval=16, every=2)
+    assert {"ratio", "baseline_s", "ours_s", "baseline_psnr", "ours_psnr", "ours_steps", "baseline_ssim", "ours_ssim",
+            "baseline_codebook_usage", "ours_codebook_usage", "baseline_perplexity", "ours_perplexity"} <= set(r)
+    assert "median_ms" not in r and r["ours_steps"] in (2, 4)
+    if r["reached"]:
+        assert r["ours_psnr"] >= r["baseline_psnr"] and r["ratio"] == pytest.approx(r["baseline_s"] / r["ours_s"])
+    else:
+        assert r["ratio"] == 0.0 and r["ours_steps"] == 4

@@ -7,7 +7,9 @@ import time
 import torch
 
 from utils.benchmark.lookup import bench_codebook
+from utils.benchmark.maskgit import bench_maskgit
 from utils.benchmark.precision import bench_bf16
+from utils.benchmark.quality import bench_time_to_quality
 from utils.benchmark.stage1 import bench_flops, bench_stage1
 from utils.benchmark.stage2 import bench_sampling, bench_stage2
 from utils.errors import UserError, command
@@ -24,7 +26,10 @@ RUNNERS = {
     "flops": lambda device, quick, ctx: bench_flops(device, quick, ctx),
     "bf16_vqgan_step": lambda device, quick, ctx: bench_bf16(device, quick, "vqgan"),
     "bf16_gpt_step": lambda device, quick, ctx: bench_bf16(device, quick, "gpt"),
+    "sample_maskgit": lambda device, quick, ctx: bench_maskgit(device, quick),
+    "time_to_quality": lambda device, quick, ctx: bench_time_to_quality(device, quick),
 }
+ON_REQUEST = ("time_to_quality",)  # long (minutes of training): run only when named in --only
 
 
 @command
@@ -33,11 +38,13 @@ def main(argv=None) -> None:
     p.add_argument("--json", default=None, help="write the results as one JSON object here")
     p.add_argument("--device", default="cpu")
     p.add_argument("--quick", action="store_true", help="reduced sizes (a few minutes on 2 CPU cores)")
-    p.add_argument("--only", default=None, help=f"comma-separated subset of: {', '.join(RUNNERS)}")
+    p.add_argument("--only", default=None, help=f"comma-separated subset of: {', '.join(RUNNERS)} "
+                   f"({', '.join(ON_REQUEST)} only when named here)")
     p.add_argument("--precision", default=None, choices=("fp32", "bf16", "fp16"),
                    help="autocast precision (default: bf16 on CUDA, fp32 elsewhere)")
     args = p.parse_args(argv)
-    names = tuple(RUNNERS) if not args.only else tuple(n.strip() for n in args.only.split(","))
+    names = tuple(n for n in RUNNERS if n not in ON_REQUEST) if not args.only else \
+        tuple(n.strip() for n in args.only.split(","))
     unknown = [n for n in names if n not in RUNNERS]
     if unknown:
         raise UserError(f"unknown benchmark(s) {unknown}; choose from {', '.join(RUNNERS)}")
@@ -70,6 +77,13 @@ def main(argv=None) -> None:
         if "achieved_gflops" in r:
             extra.append(f"{r['achieved_gflops']:.1f} GFLOP/s = {100 * r['fraction_of_matmul']:.0f}% of matmul "
                          f"{r['matmul_gflops']:.1f}")
+        if "baseline_psnr" in r:
+            extra.append(f"ours {r['ours_s']:.0f} s to PSNR {r['ours_psnr']:.2f} in {r['ours_steps']} steps, baseline "
+                         f"{r['baseline_s']:.0f} s to {r['baseline_psnr']:.2f}" + ("" if r["reached"] else
+                                                                                   " (never reached)"))
+        if "ratio_8x8" in r:
+            extra.append(f"8x8: {r['ratio_8x8']:.2f}x; batch 8: {r['ratio_batch8']:.2f}x (16x16), "
+                         f"{r['ratio_8x8_batch8']:.2f}x (8x8)")
         if "note" in r:
             extra.append(r["note"])
         print(f"{name:<17} {ours:>12} {base:>12} {ratio:>7}  {'; '.join(extra)}", flush=True)

@@ -24,7 +24,8 @@ def official_autoencoder(arch: dict, device) -> nn.ModuleDict:
     """The official encoder, decoder, quantizer and 1x1 convs of VQModel, at `arch`."""
     from taming.modules.diffusionmodules.model import Decoder, Encoder
     from taming.modules.vqvae.quantize import VectorQuantizer2
-    dd = dict(double_z=False, z_channels=arch["z"], resolution=arch["size"], in_channels=3, out_ch=3, ch=arch["ch"],
+    dd = dict(double_z=False, z_channels=arch["z"], resolution=arch["size"], in_channels=arch.get("channels", 3),
+              out_ch=arch.get("channels", 3), ch=arch["ch"],
               ch_mult=arch["mult"], num_res_blocks=arch["res"], attn_resolutions=arch["attn"], dropout=0.0)
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):  # its prints
         warnings.simplefilter("ignore")
