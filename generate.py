@@ -80,6 +80,16 @@ def image_tokens(path: str, option: str, vq, device) -> torch.Tensor:
     return vq.encode_to_indices(x.to(device))
 
 
+def image_grid(path: str, option: str, vq, device, grid):
+    """A user's image whose grid is the one sampled (--complete, --inpaint) -> ((1, h, w) its codes, (h, w)); a
+    --grid or condition map of another size is an error."""
+    given = image_tokens(path, option, vq, device)
+    if grid is not None and grid != tuple(given.shape[1:]):
+        raise UserError(f"{option}: the image gives a {given.shape[1]}x{given.shape[2]} token grid, not "
+                        f"{grid[0]}x{grid[1]}")
+    return given, tuple(given.shape[1:])
+
+
 def condition_tokens(path, cond_vq, ckpt: dict, device):
     """--condition MAP.png -> (1, h, w) its codes from the condition tokenizer; None without a map. A conditional
     model needs one and only a conditional model takes one."""
@@ -170,11 +180,7 @@ def generate(argv=None) -> None:
         cond = cond.expand(args.num, -1, -1)
     tokens, keep = None, None
     if args.complete:
-        given = image_tokens(args.complete, "--complete", vq, device)
-        if grid is not None and grid != tuple(given.shape[1:]):
-            raise UserError(f"--complete: the image gives a {given.shape[1]}x{given.shape[2]} token grid, not "
-                            f"{grid[0]}x{grid[1]}")
-        grid = tuple(given.shape[1:])
+        given, grid = image_grid(args.complete, "--complete", vq, device, grid)
         rows = args.keep_rows if args.keep_rows is not None else grid[0] // 2
         check_option("--keep-rows", rows, min=0, max=grid[0])
         tokens, keep = given.expand(args.num, -1, -1), raster_prefix(grid, rows * grid[1])
@@ -189,11 +195,7 @@ def generate(argv=None) -> None:
         keep = torch.zeros(grid, dtype=torch.bool)
         keep[:h, :w] = True
     elif args.inpaint:
-        given = image_tokens(args.inpaint, "--inpaint", vq, device)
-        if grid is not None and grid != tuple(given.shape[1:]):
-            raise UserError(f"--inpaint: the image gives a {given.shape[1]}x{given.shape[2]} token grid, not "
-                            f"{grid[0]}x{grid[1]}")
-        grid = tuple(given.shape[1:])
+        given, grid = image_grid(args.inpaint, "--inpaint", vq, device, grid)
         tokens, keep = given.expand(args.num, -1, -1), inpaint_keep(args.mask, grid, vq.cfg.downsample_factor)
     grid = grid or window
     if grid[0] < window[0] or grid[1] < window[1]:
@@ -228,8 +230,9 @@ def generate(argv=None) -> None:
     out = args.out
     if out is None:
         run_dir = os.path.dirname(os.path.dirname(os.path.abspath(args.checkpoint)))
-        tag = f"seed{args.seed}_{grid[0]}x{grid[1]}" + (f"_class{cls}" if cls is not None else "") + \
-            ("_completed" if args.complete else "_extended" if args.extend else "_inpainted" if args.inpaint else "") + ("_cond" if cond is not None else "")
+        use = "_completed" if args.complete else "_extended" if args.extend else "_inpainted" if args.inpaint else ""
+        tag = f"seed{args.seed}_{grid[0]}x{grid[1]}" + (f"_class{cls}" if cls is not None else "") + use + \
+            ("_cond" if cond is not None else "")
         out = os.path.join(run_dir, "samples", f"samples_{tag}.png")
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     if args.num == 1:

@@ -212,7 +212,8 @@ def test_generate_with_a_masked_model(masked_run, tmp_path):
                    str(tmp_path / "a.png"))
     assert r.returncode == 0, r.stderr
     assert "parallel decoding, 4 rounds" in r.stdout
-    r = run_script("generate.py", "--checkpoint", ckpt, "--num", "1", "--grid", "12x16", "--out", str(tmp_path / "b.png"))
+    r = run_script("generate.py", "--checkpoint", ckpt, "--num", "1", "--grid", "12x16", "--out",
+                   str(tmp_path / "b.png"))
     assert r.returncode == 0 and "windowed parallel decoding, 3 rounds" in r.stdout, r.stderr  # the run's sample.steps
     assert Image.open(tmp_path / "b.png").size == (32, 24)
     image = tmp_path / "img.png"

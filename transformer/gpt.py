@@ -197,8 +197,8 @@ class GPT(nn.Module):
         return logits, F.cross_entropy(scored.float().reshape(-1, scored.shape[-1]), targets.reshape(-1))
 
     def forward_cached(self, idx: torch.Tensor, cache: KVCache, pos: int) -> torch.Tensor:
-        """A GPT's incremental decoding: runs idx (B, T) at positions pos..pos+T-1 through the cache; returns the last position's
-        logits (B, K). T > 1 only when pos == 0 (a prefill)."""
+        """A GPT's incremental decoding: runs idx (B, T) at positions pos..pos+T-1 through the cache; returns the
+        last position's logits (B, K). T > 1 only when pos == 0 (a prefill)."""
         T = idx.shape[1]
         x = self.tok_emb(idx) + self.pos_emb.weight[pos:pos + T]  # (B, T, C)
         for i, block in enumerate(self.blocks):

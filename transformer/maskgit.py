@@ -16,7 +16,7 @@ from typing import Optional, Sequence
 import torch
 
 from transformer.gpt import GPT
-from transformer.sampling import filter_logits, prefix_tokens
+from transformer.sampling import checked_grid, filter_logits, prefix_tokens
 
 
 def window_origins(grid: tuple[int, int], window: tuple[int, int]) -> list[tuple[int, int]]:
@@ -85,13 +85,8 @@ def sample_masked(model: GPT, batch: int, grid: Optional[tuple[int, int]] = None
     choice_temperature: the initial scale of the confidence noise (MaskGIT's 4.5)."""
     if not model.cfg.masked:
         raise ValueError("parallel decoding is for masked (maskgit) models; sample a GPT with transformer.sampling")
-    window = model.cfg.window
-    H, W = grid = tuple(grid) if grid is not None else window
-    wh, ww = window
-    if H < wh or W < ww:
-        raise ValueError(f"grid {H}x{W} is smaller than the window {wh}x{ww}")
-    if (cond is not None) != (model.cfg.cond_codebook_size > 0):
-        raise ValueError("a conditional model needs cond, and only a conditional model takes it")
+    window = wh, ww = model.cfg.window
+    H, W = grid = checked_grid(model.cfg, grid, cond)
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}")
     device = next(model.parameters()).device

@@ -93,6 +93,17 @@ def centre_keep(grid: tuple[int, int], side: int) -> torch.Tensor:
     return keep
 
 
+def checked_grid(cfg, grid, cond) -> tuple[int, int]:
+    """The grid a sampler is asked for (default: the window), checked against the model's window and condition."""
+    H, W = grid = tuple(grid) if grid is not None else cfg.window
+    wh, ww = cfg.window
+    if H < wh or W < ww:
+        raise ValueError(f"grid {H}x{W} is smaller than the window {wh}x{ww}")
+    if (cond is not None) != (cfg.cond_codebook_size > 0):
+        raise ValueError("a conditional model needs cond, and only a conditional model takes it")
+    return grid
+
+
 @torch.inference_mode()
 def sample(gpt: GPT, batch: int, grid: Optional[tuple[int, int]] = None, classes: Optional[Sequence[int]] = None,
            temperature: float = 1.0, top_k: Optional[int] = None, top_p: Optional[float] = None,
@@ -107,13 +118,8 @@ def sample(gpt: GPT, batch: int, grid: Optional[tuple[int, int]] = None, classes
     out-painting); the others are sampled in raster order, each from the tokens before it in its window.
     cfg_scale: classifier-free guidance. use_cache=False runs the whole window context for every token
     (the reference scheme, and the speed baseline)."""
-    window = gpt.cfg.window
-    H, W = grid = tuple(grid) if grid is not None else window
-    wh, ww = window
-    if H < wh or W < ww:
-        raise ValueError(f"grid {H}x{W} is smaller than the window {wh}x{ww}")
-    if (cond is not None) != (gpt.cfg.cond_codebook_size > 0):
-        raise ValueError("a conditional model needs cond, and only a conditional model takes it")
+    window = wh, ww = gpt.cfg.window
+    H, W = grid = checked_grid(gpt.cfg, grid, cond)
     device = next(gpt.parameters()).device
     out = torch.zeros(batch, H, W, dtype=torch.long, device=device) if tokens is None else tokens.clone().to(device)
     keep = torch.zeros(grid, dtype=torch.bool) if keep is None else keep.cpu()

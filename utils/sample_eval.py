@@ -1,7 +1,8 @@
 """Score a transformer's samples with judges trained on real images (utils/classifier.py; trained once, cached).
 
     python -m utils.sample_eval RUN_DIR [--per-class 300] [--seed 0] [--cfg-scale S] [--top-p P] [--top-k K]
-                                        [--temperature T] [--device D] [--no-recon] [--complete] [--held-out 500]
+                                        [--temperature T] [--steps S] [--choice-temperature C] [--device D]
+                                        [--no-recon] [--complete] [--inpaint] [--held-out 500]
 
 A class-conditional model: draws --per-class samples of every class with the run's sampling settings (or those
 given) and classifies them. Prints, per class, the share of samples recognised as their class; for shapes also the
@@ -11,7 +12,8 @@ and the Fréchet distance between samples and real validation images in the clas
 same distance for real training images (the floor).
 A conditional model (shapes masks, Fashion-MNIST or MNIST low resolution): --held-out validation maps, one sample
 each, scored as utils/cond_eval.py says. --complete: also completions of --held-out validation images' bottom
-halves. Writes RUN_DIR/sample_eval.json.
+halves; --inpaint (masked models): also the re-sampling of their centre 4x4 tokens. Writes
+RUN_DIR/sample_eval.json.
 """
 import argparse
 import copy

@@ -17,10 +17,33 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
-class Codebook(nn.Module):
+class UsageCounts(nn.Module):
+    """Code counts since the last reset (`window_counts`, a buffer: checkpointed, never a parameter), the usage
+    figures drawn from them, and this optimizer step's counts not yet folded in."""
+
+    def __init__(self, codebook_size: int):
+        super().__init__()
+        self.register_buffer("window_counts", torch.zeros(codebook_size))
+        self.register_buffer("_pending_counts", torch.zeros(codebook_size), persistent=False)
+
+    @torch.no_grad()
+    def reset_usage(self) -> None:
+        """Forget the usage history (a run that starts from these weights counts afresh)."""
+        self.window_counts.zero_()
+
+    @torch.no_grad()
+    def usage_stats(self, reset: bool = True) -> tuple[float, float]:
+        """(fraction of codes used, perplexity of the code distribution) since the last reset."""
+        used, ppl = usage_from_counts(self.window_counts)
+        if reset:
+            self.window_counts.zero_()
+        return used, ppl
+
+
+class Codebook(UsageCounts):
     def __init__(self, codebook_size: int, codebook_dim: int, beta: float = 0.25, l2_norm: bool = False,
                  restart_after: int = 0, chunk_elements: int = 1 << 22):
-        super().__init__()
+        super().__init__(codebook_size)
         self.codebook_size, self.codebook_dim = codebook_size, codebook_dim
         self.beta, self.l2_norm, self.restart_after = beta, l2_norm, restart_after
         self.chunk_elements = chunk_elements  # (rows x codes) per distance block: 4M floats = 16 MiB
@@ -29,11 +52,8 @@ class Codebook(nn.Module):
             nn.init.normal_(self.embedding.weight)  # direction is all that matters; normal gives uniform directions
         else:
             nn.init.uniform_(self.embedding.weight, -1.0 / codebook_size, 1.0 / codebook_size)  # official init
-        # optimizer steps since each code was last chosen, and code counts since the last usage_stats(reset=True)
+        # optimizer steps since each code was last chosen (the counts are all-reduced across ranks in step_update)
         self.register_buffer("unused_steps", torch.zeros(codebook_size, dtype=torch.long))
-        self.register_buffer("window_counts", torch.zeros(codebook_size))
-        # counts of the current optimizer step, not yet folded in (all-reduced across ranks in step_update)
-        self.register_buffer("_pending_counts", torch.zeros(codebook_size), persistent=False)
         self._last_z = None  # latest training latents, the pool dead codes are re-seeded from
 
     def codes(self) -> torch.Tensor:
@@ -121,17 +141,8 @@ class Codebook(nn.Module):
 
     @torch.no_grad()
     def reset_usage(self) -> None:
-        """Forget the usage history (a run that starts from these weights counts afresh)."""
+        super().reset_usage()
         self.unused_steps.zero_()
-        self.window_counts.zero_()
-
-    @torch.no_grad()
-    def usage_stats(self, reset: bool = True) -> tuple[float, float]:
-        """(fraction of codes used, perplexity of the code distribution) since the last reset."""
-        used, ppl = usage_from_counts(self.window_counts)
-        if reset:
-            self.window_counts.zero_()
-        return used, ppl
 
 
 @torch.no_grad()

@@ -10,14 +10,13 @@ the `Codebook`'s (indices, lookup, usage counters), so the VQGAN, stage 2 and ev
 import math
 
 import torch
-import torch.nn as nn
 
-from vqgan.codebook import fold_counts, usage_from_counts
+from vqgan.codebook import UsageCounts, fold_counts
 
 
-class FSQ(nn.Module):
+class FSQ(UsageCounts):
     def __init__(self, levels: list[int], eps: float = 1e-3):
-        super().__init__()
+        super().__init__(math.prod(levels) if levels else 1)
         if len(levels) == 0 or min(levels) < 2:
             raise ValueError(f"FSQ levels must be a non-empty list of integers >= 2, got {levels}")
         self.levels = list(levels)
@@ -32,8 +31,6 @@ class FSQ(nn.Module):
         self.register_buffer("_shift", torch.atanh(self._offset.double() / self._half.double()).float(),
                              persistent=False)
         self.register_buffer("_width", (L // 2).float(), persistent=False)  # scales the integers into [-1, 1]
-        self.register_buffer("window_counts", torch.zeros(self.codebook_size))
-        self.register_buffer("_pending_counts", torch.zeros(self.codebook_size), persistent=False)
 
     def _channels_last(self, z: torch.Tensor) -> torch.Tensor:
         return z.float().permute(0, 2, 3, 1)  # (B, h, w, d)
@@ -80,14 +77,3 @@ class FSQ(nn.Module):
         fold_counts(self._pending_counts, self.window_counts)
         return 0
 
-    @torch.no_grad()
-    def reset_usage(self) -> None:
-        self.window_counts.zero_()
-
-    @torch.no_grad()
-    def usage_stats(self, reset: bool = True) -> tuple[float, float]:
-        """(fraction of codes used, perplexity of the code distribution) since the last reset."""
-        used, ppl = usage_from_counts(self.window_counts)
-        if reset:
-            self.window_counts.zero_()
-        return used, ppl
