@@ -21,7 +21,7 @@ import torch
 from torchvision.utils import save_image
 
 from transformer.loading import load_transformer
-from transformer.draw import draw
+from transformer.draw import draw, sample_options
 from transformer.sampling import decode_images, likeliest_classes, raster_prefix
 from utils.conditions import read_condition
 from utils.config import check_option
@@ -210,18 +210,12 @@ def generate(argv=None) -> None:
         names = class_names_of(ckpt)
         print(f"completing as class {classes[0]}" + (f" ({names[classes[0]]})" if names else "")
               + ": the likeliest for the kept tokens (--class chooses another)")
-    sc = ckpt["config"]["sample"]
-    kw = dict(temperature=args.temperature if args.temperature is not None else sc["temperature"],
-              top_k=args.top_k if args.top_k is not None else sc["top_k"],
-              top_p=args.top_p if args.top_p is not None else sc["top_p"],
-              cfg_scale=args.cfg_scale if args.cfg_scale is not None else sc["cfg_scale"],
-              generator=torch.Generator(device=device).manual_seed(args.seed))
-    if masked:
-        kw.update(steps=args.steps or sc.get("steps", 8), choice_temperature=sc.get("choice_temperature", 4.5))
+    kw = sample_options(ckpt["config"]["sample"], gpt, temperature=args.temperature, top_k=args.top_k,
+                        top_p=args.top_p, cfg_scale=args.cfg_scale, steps=args.steps)
 
     t0 = time.time()
     tokens = draw(gpt, args.num, grid, classes, cond=cond, tokens=tokens, keep=keep, use_cache=not args.no_kv_cache,
-                  **kw)
+                  generator=torch.Generator(device=device).manual_seed(args.seed), **kw)
     if device.type == "cuda":
         torch.cuda.synchronize()
     elapsed = time.time() - t0

@@ -153,7 +153,7 @@ def train(argv=None):
                 n, k = sc.num, min(sc.num, len(val_grids))
                 conds = None if val_conds is None else val_conds[:k].long().to(device)  # the val images' maps
                 toks = draw(model, n if conds is None else k, grid, cond=conds,
-                              generator=torch.Generator(device).manual_seed(cfg.run.seed), **options)
+                            generator=torch.Generator(device).manual_seed(cfg.run.seed), **options)
                 shown = decode_images(vq, toks)
                 if conds is not None:  # each condition map above the sample drawn for it
                     maps = as_picture(cond_vq.decode_indices(conds).float(), d.condition, logits=True).cpu()
@@ -163,8 +163,8 @@ def train(argv=None):
                 real = val_grids[:k].long().to(device)
                 classes = val_labels[:k].tolist() if gcfg.num_classes else None
                 done = draw(model, k, grid, classes, cond=conds, tokens=real,
-                              keep=raster_prefix(grid, (grid[0] // 2) * grid[1]),
-                              generator=torch.Generator(device).manual_seed(cfg.run.seed), **options)
+                            keep=raster_prefix(grid, (grid[0] // 2) * grid[1]),
+                            generator=torch.Generator(device).manual_seed(cfg.run.seed), **options)
                 images = torch.cat([decode_images(vq, real), decode_images(vq, done)])
                 logger.image("val/completions_real_above_completed", make_grid(images, nrow=k, padding=1), at_step)
                 model.train()

@@ -18,6 +18,9 @@ import torch
 from transformer.gpt import GPT
 from transformer.sampling import checked_grid, filter_logits, prefix_tokens
 
+STEPS = 8                   # decoding rounds per window when none are given (MaskGIT uses 8 to 12)
+CHOICE_TEMPERATURE = 4.5    # the first round's confidence noise, annealed to 0 (MaskGIT's setting)
+
 
 def window_origins(grid: tuple[int, int], window: tuple[int, int]) -> list[tuple[int, int]]:
     """Top-left corners of the windows covering `grid`: half-window strides, the last flush with the border."""
@@ -79,10 +82,11 @@ def sample_masked(model: GPT, batch: int, grid: Optional[tuple[int, int]] = None
                   classes: Optional[Sequence[int]] = None, temperature: float = 1.0, top_k: Optional[int] = None,
                   top_p: Optional[float] = None, cfg_scale: float = 1.0, generator: Optional[torch.Generator] = None,
                   cond: Optional[torch.Tensor] = None, tokens: Optional[torch.Tensor] = None,
-                  keep: Optional[torch.Tensor] = None, steps: int = 8, choice_temperature: float = 4.5) -> torch.Tensor:
+                  keep: Optional[torch.Tensor] = None, steps: int = STEPS,
+                  choice_temperature: float = CHOICE_TEMPERATURE) -> torch.Tensor:
     """Samples `batch` token grids of size `grid` (default: the window) from a masked model -> (B, H, W) long.
     The arguments mean what they mean for `transformer.sampling.sample`; steps: decoding rounds per window;
-    choice_temperature: the initial scale of the confidence noise (MaskGIT's 4.5)."""
+    choice_temperature: the initial scale of the confidence noise."""
     if not model.cfg.masked:
         raise ValueError("parallel decoding is for masked (maskgit) models; sample a GPT with transformer.sampling")
     window = wh, ww = model.cfg.window

@@ -45,10 +45,9 @@ def dataset_key(data, seed: int, datasets) -> str:
     return f"{data.dataset}-{_digest(settings)}-{_digest(sorted(files))}"
 
 
-def cache_path(cache_dir: str, tokenizer_shas, key: str, split: str) -> str:
+def cache_path(cache_dir: str, tokenizer_shas: list[str], key: str, split: str) -> str:
     """tokenizer_shas: the image tokenizer's content hash, then the condition tokenizer's when there is one."""
-    shas = [tokenizer_shas] if isinstance(tokenizer_shas, str) else list(tokenizer_shas)
-    return os.path.join(cache_dir, f"{'+'.join(s[:16] for s in shas)}_{key}_{split}.pt")
+    return os.path.join(cache_dir, f"{'+'.join(s[:16] for s in tokenizer_shas)}_{key}_{split}.pt")
 
 
 @torch.inference_mode()

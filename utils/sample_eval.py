@@ -57,11 +57,10 @@ def evaluate(run_dir: str, per_class: int = 300, seed: int = 0, options: dict = 
     model = load_transformer(ckpt_path, dev)
     cfg = load_config(Stage2Config, base=model.ckpt["config"], base_name=f"checkpoint '{ckpt_path}'")
     sc = cfg.sample
-    opts = sample_options(sc, model.gpt)
-    given = {k: v for k, v in (options or {}).items() if v is not None}
-    if not model.gpt.cfg.masked and {"steps", "choice_temperature"} & set(given):
+    options = options or {}
+    if not model.gpt.cfg.masked and any(options.get(k) is not None for k in ("steps", "choice_temperature")):
         raise UserError("--steps and --choice-temperature are for masked (maskgit) models; this run is a GPT")
-    opts.update(given)
+    opts = sample_options(sc, model.gpt, **options)
     g = torch.Generator(dev).manual_seed(seed)
     cache = os.path.join(cfg.run.out_dir, "cache")
     kind = cfg.data.condition

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field, fields
 from typing import Optional, Sequence
 
 from transformer.gpt import GPTConfig
+from transformer.maskgit import CHOICE_TEMPERATURE, STEPS
 from utils.config import ConfigError, choices, num
 from utils.errors import UserError
 from utils.stage1_config import BaseTrainConfig, DataConfig, RunConfig
@@ -44,8 +45,9 @@ class SampleConfig:
     top_k: Optional[int] = num(None, min=1)
     top_p: Optional[float] = num(None, above=0, max=1)
     cfg_scale: float = num(1.0, min=0)  # classifier-free guidance (class-conditional models)
-    steps: int = num(8, min=1)          # maskgit: parallel decoding rounds per window
-    choice_temperature: float = num(4.5, min=0)  # maskgit: initial scale of the confidence noise (annealed to 0)
+    steps: int = num(STEPS, min=1)      # maskgit: parallel decoding rounds per window
+    choice_temperature: float = num(CHOICE_TEMPERATURE, min=0)  # maskgit: initial scale of the confidence noise
+                                        # (annealed to 0)
     num: int = num(8, min=1)            # images sampled at each evaluation (last: the field shadows `num`)
 
 

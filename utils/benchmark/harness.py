@@ -1,8 +1,11 @@
 """Timing: warm up, then alternate candidate and baseline runs and take medians."""
+import os
 import statistics
 import time
 
 import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository, for configs
 
 
 def sync(device) -> None:

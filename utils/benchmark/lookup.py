@@ -9,14 +9,13 @@ import time
 
 import torch
 
-from utils.benchmark.harness import timed
+from utils.benchmark.harness import ROOT, timed
 from utils.benchmark.official import official_available
 
 # glibc moves its mmap threshold up as large blocks are freed, after which freed blocks stay resident in
 # per-thread heaps depending on which thread freed them: the resident peak then varies from run to run.
 # A fixed threshold serves every large tensor from its own mapping, returned when freed, on both sides.
 _MALLOC_ENV = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
-_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def quantizer(side: str, K: int, D: int) -> torch.nn.Module:
@@ -85,7 +84,7 @@ def bench_codebook(device, quick: bool) -> dict:
     else:
         for side in ("ours", "base") if official_available() else ("ours",):
             out = subprocess.run([sys.executable, "-m", "utils.benchmark.lookup", side, str(N), str(K), str(D),
-                                  str(reps)], capture_output=True, text=True, check=True, env=_MALLOC_ENV, cwd=_ROOT)
+                                  str(reps)], capture_output=True, text=True, check=True, env=_MALLOC_ENV, cwd=ROOT)
             ms, mb = out.stdout.split()
             res[side] = (float(ms), float(mb))
     what = f"quantize {N} vectors of {D} against {K} codes (forward, no grad)"

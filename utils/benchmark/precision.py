@@ -6,14 +6,12 @@ import os
 import torch
 
 from transformer.gpt import GPT, GPTConfig
-from utils.benchmark.harness import alternate
+from utils.benchmark.harness import ROOT, alternate
 from utils.config import load_config
 from utils.precision import autocast_context
 from utils.stage1_config import Stage1Config
 from vqgan.losses import LossWeights, generator_backward
 from vqgan.model import VQGAN
-
-_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def bench_bf16(device, quick: bool, model: str) -> dict:
@@ -21,7 +19,7 @@ def bench_bf16(device, quick: bool, model: str) -> dict:
     autocast, baseline = fp32; ratio = how many times faster bf16 is (below 1: slower)."""
     torch.manual_seed(0)
     if model == "vqgan":
-        cfg = load_config(Stage1Config, os.path.join(_ROOT, "configs", "shapes_vqgan.yaml")).model
+        cfg = load_config(Stage1Config, os.path.join(ROOT, "configs", "shapes_vqgan.yaml")).model
         net = VQGAN(cfg).to(device)
         x = torch.rand(16 if quick else 32, 3, 32, 32, device=device) * 2 - 1
         weights = LossWeights(1.0, 0.0, 0.0, 1.0, 0.1)

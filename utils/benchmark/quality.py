@@ -9,10 +9,12 @@ Both sides train the same architecture on real Fashion-MNIST (32x32, grayscale) 
   reaches the baseline's final PSNR.
 Scores (PSNR, SSIM, codebook usage, perplexity) use the first `n_eval` test images; scoring time is not counted.
 """
+import os
 import time
 
 import torch
 
+from utils.benchmark.harness import ROOT
 from utils.benchmark.official import official_autoencoder, official_available
 from utils.config import load_config
 from utils.data import build_datasets
@@ -26,7 +28,7 @@ from vqgan.losses import LossWeights, generator_backward
 from vqgan.model import VQGAN
 
 ARCH = dict(ch=32, mult=[1, 2, 2], res=1, attn=[8], z=64, K=512, size=32, channels=1)
-FASHION_CONFIG = "configs/fashion_mnist_vqgan.yaml"
+FASHION_CONFIG = os.path.join(ROOT, "configs", "fashion_mnist_vqgan.yaml")
 
 
 def fashion_batches(root: str, steps: int, batch: int, n_eval: int, seed: int = 0):
@@ -112,7 +114,6 @@ def train_ours(x_train, x_eval, steps: int, batch: int, device, target_psnr: flo
             with ctx:
                 scores = score(reconstruct, x_eval, ARCH["K"])
             model.train()
-            model.codebook.usage_stats(reset=True)
             trace.append({"step": step + 1, "seconds": seconds, "psnr": scores["psnr"]})
             if scores["psnr"] >= target_psnr:
                 reached = step + 1
