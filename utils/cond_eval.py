@@ -85,33 +85,47 @@ def evaluate_superres(model, cfg, cache_dir: str, n: int, generator, options: di
             "classifier_held_out_accuracy": clf_info["held_out_accuracy"]}
 
 
-@torch.no_grad()
-def evaluate_completion(model, cfg, cache_dir: str, n: int, generator, options: dict, log, batch=100) -> dict:
-    """Keeps the top half of n held-out images' tokens and samples the rest; the classifier judges the results.
-    A class-conditional model completes three times: with the class its own likelihood of the kept half picks
-    (what generate.py --complete does without --class), with the null class (no class at all), and with the true
-    class."""
+def _resampled_accuracy(model, cfg, cache_dir: str, n: int, generator, options: dict, log, batch: int, keep_of,
+                        names: list[str]) -> tuple[int, dict]:
+    """Re-samples the tokens of n held-out images that keep_of(grid) -> (H, W) bool does not keep, once per name, the
+    name saying which class is given: "likeliest_class" (the class under which the kept tokens are likeliest),
+    "null_class", "true_class", or any other name for none; the classifier judges whether each result is still of
+    the image's class. -> (images, {"class_accuracy_<name>": share})."""
     gpt, vq, cond_vq, _ = model
     x, labels, maps = _held_out(cfg, n)
     clf, _ = load_or_train(cfg.data.dataset, cfg.data, cache_dir, log)
     device = next(gpt.parameters()).device
     nc = gpt.cfg.num_classes
-    out = {"images": len(x)}
-    names = ["null_class", "true_class"] if gpt.cfg.masked else ["likeliest_class", "null_class", "true_class"]
-    for name in (names if nc else ["completed"]):
+    batches = [(b, vq.encode_to_indices(x[b].to(device)),
+                cond_vq.encode_to_indices(maps[b].to(device)) if cond_vq is not None else None)
+               for b in _batches(len(x), batch)]  # encoded once, re-sampled once per name
+    out = {}
+    for name in names:
         images = []
-        for b in _batches(len(x), batch):
-            tokens = vq.encode_to_indices(x[b].to(device))
+        for b, tokens, cond in batches:
             grid = tuple(tokens.shape[1:])
-            cond = cond_vq.encode_to_indices(maps[b].to(device)) if cond_vq is not None else None
-            kept = (grid[0] // 2) * grid[1]
-            classes = None if not nc else [nc] if name == "null_class" else labels[b].tolist() \
-                if name == "true_class" else likeliest_classes(gpt, tokens, kept)
-            done = draw(gpt, len(tokens), grid, classes, cond=cond, tokens=tokens, keep=raster_prefix(grid, kept),
-                        generator=generator, **options)
+            keep = keep_of(grid)
+            classes = [nc] if name == "null_class" else labels[b].tolist() if name == "true_class" else \
+                likeliest_classes(gpt, tokens, int(keep.sum())) if name == "likeliest_class" else None
+            done = draw(gpt, len(tokens), grid, classes, cond=cond, tokens=tokens, keep=keep, generator=generator,
+                        **options)
             images.append(decode_images(vq, done) * 2 - 1)
         out[f"class_accuracy_{name}"] = (classify(clf, torch.cat(images))[0] == labels).float().mean().item()
-    return out
+    return len(x), out
+
+
+@torch.no_grad()
+def evaluate_completion(model, cfg, cache_dir: str, n: int, generator, options: dict, log, batch=100) -> dict:
+    """Keeps the top half of n held-out images' tokens and samples the rest; the classifier judges the results.
+    A class-conditional model completes three times: with the class its own likelihood of the kept half picks
+    (what generate.py --complete does without --class), with the null class (no class at all), and with the true
+    class. A masked model has no likelihood of the kept half to pick a class with: null and true class only."""
+    gpt = model[0]
+    names = ["null_class", "true_class"] if gpt.cfg.masked else ["likeliest_class", "null_class", "true_class"]
+    images, scores = _resampled_accuracy(model, cfg, cache_dir, n, generator, options, log, batch,
+                                         lambda grid: raster_prefix(grid, (grid[0] // 2) * grid[1]),
+                                         names if gpt.cfg.num_classes else ["completed"])
+    return {"images": images, **scores}
 
 
 @torch.no_grad()
@@ -120,22 +134,10 @@ def evaluate_inpainting(model, cfg, cache_dir: str, n: int, generator, options: 
     """Masks the centre side x side tokens of n held-out images and re-samples them (a masked model's free-form
     inpainting, as generate.py --inpaint does it: without --class, the null class); the classifier judges whether
     the result is still of the original class. A class-conditional model is also given the true class."""
-    gpt, vq, cond_vq, _ = model
+    gpt = model[0]
     if not gpt.cfg.masked:
         raise ValueError("inpainting is scored for masked (maskgit) models")
-    x, labels, maps = _held_out(cfg, n)
-    clf, _ = load_or_train(cfg.data.dataset, cfg.data, cache_dir, log)
-    device = next(gpt.parameters()).device
-    nc = gpt.cfg.num_classes
-    out = {"images": len(x), "masked_tokens": side * side}
-    for name in (["null_class", "true_class"] if nc else ["inpainted"]):
-        images = []
-        for b in _batches(len(x), batch):
-            tokens = vq.encode_to_indices(x[b].to(device))
-            cond = cond_vq.encode_to_indices(maps[b].to(device)) if cond_vq is not None else None
-            classes = None if not nc else [nc] if name == "null_class" else labels[b].tolist()
-            done = draw(gpt, len(tokens), tokens.shape[1:], classes, cond=cond, tokens=tokens,
-                        keep=centre_keep(tuple(tokens.shape[1:]), side), generator=generator, **options)
-            images.append(decode_images(vq, done) * 2 - 1)
-        out[f"class_accuracy_{name}"] = (classify(clf, torch.cat(images))[0] == labels).float().mean().item()
-    return out
+    images, scores = _resampled_accuracy(model, cfg, cache_dir, n, generator, options, log, batch,
+                                         lambda grid: centre_keep(grid, side),
+                                         ["null_class", "true_class"] if gpt.cfg.num_classes else ["inpainted"])
+    return {"images": images, "masked_tokens": side * side, **scores}
