@@ -3,6 +3,7 @@ decoding (schedule, kept positions, guidance, windows), training end to end, gen
 their errors, and the inpainting score."""
 import json
 import math
+import os
 
 import pytest
 import torch
@@ -267,3 +268,14 @@ def test_sample_eval_scores_inpainting(masked_run, monkeypatch):
     assert 0 <= r["inpainting"]["class_accuracy_null_class"] <= 1
     assert 0 <= r["inpainting"]["class_accuracy_true_class"] <= 1
     assert set(r["completion"]) == {"images", "class_accuracy_null_class", "class_accuracy_true_class"}
+    # a class is picked by the likelihood of a raster prefix only: any other kept region is refused
+    from transformer.loading import load_transformer
+    from transformer.sampling import centre_keep
+    from utils.cond_eval import _resampled_accuracy
+    from utils.config import load_config
+    from utils.stage2_config import Stage2Config
+    model = load_transformer(os.path.join(masked_run, "checkpoints", "last.pt"))
+    cfg = load_config(Stage2Config, base=model.ckpt["config"], base_name="checkpoint")
+    with pytest.raises(ValueError, match="kept tokens in raster order only"):
+        _resampled_accuracy(model, cfg, os.path.join(cfg.run.out_dir, "cache"), 4, torch.Generator(), {}, None, 4,
+                            lambda grid: centre_keep(grid, 2), ["likeliest_class"])

@@ -88,9 +88,9 @@ def evaluate_superres(model, cfg, cache_dir: str, n: int, generator, options: di
 def _resampled_accuracy(model, cfg, cache_dir: str, n: int, generator, options: dict, log, batch: int, keep_of,
                         names: list[str]) -> tuple[int, dict]:
     """Re-samples the tokens of n held-out images that keep_of(grid) -> (H, W) bool does not keep, once per name, the
-    name saying which class is given: "likeliest_class" (the class under which the kept tokens are likeliest),
-    "null_class", "true_class", or any other name for none; the classifier judges whether each result is still of
-    the image's class. -> (images, {"class_accuracy_<name>": share})."""
+    name saying which class is given: "likeliest_class" (the class under which the kept tokens, a raster prefix,
+    are likeliest), "null_class", "true_class", or any other name for none; the classifier judges whether each
+    result is still of the image's class. -> (the number of images, {"class_accuracy_<name>": share})."""
     gpt, vq, cond_vq, _ = model
     x, labels, maps = _held_out(cfg, n)
     clf, _ = load_or_train(cfg.data.dataset, cfg.data, cache_dir, log)
@@ -105,6 +105,8 @@ def _resampled_accuracy(model, cfg, cache_dir: str, n: int, generator, options: 
         for b, tokens, cond in batches:
             grid = tuple(tokens.shape[1:])
             keep = keep_of(grid)
+            if name == "likeliest_class" and not torch.equal(keep, raster_prefix(grid, int(keep.sum()))):
+                raise ValueError("a class is picked by the likelihood of kept tokens in raster order only")
             classes = [nc] if name == "null_class" else labels[b].tolist() if name == "true_class" else \
                 likeliest_classes(gpt, tokens, int(keep.sum())) if name == "likeliest_class" else None
             done = draw(gpt, len(tokens), grid, classes, cond=cond, tokens=tokens, keep=keep, generator=generator,
