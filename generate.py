@@ -20,15 +20,15 @@ import time
 import torch
 from torchvision.utils import save_image
 
+from transformer.draw import SampleConfig, completion_classes, draw
 from transformer.loading import load_transformer
-from transformer.draw import draw, sample_options
-from transformer.sampling import decode_images, likeliest_classes, raster_prefix
-from utils.conditions import read_condition
-from utils.config import check_option
-from utils.data import CLASS_NAMES
-from utils.distributed import DistInfo, select_device
-from utils.errors import UserError, command
-from utils.images import read_image
+from transformer.sampling import decode_images, raster_prefix
+from utils.core.config import check_option, load_config
+from utils.core.distributed import DistInfo, select_device
+from utils.core.errors import UserError, command
+from utils.data.conditions import read_condition
+from utils.data.images import read_image
+from utils.data.registry import class_names_of as dataset_class_names
 
 
 def parse_grid(text: str) -> tuple[int, int]:
@@ -47,7 +47,7 @@ def class_names_of(ckpt: dict) -> list[str]:
     their dataset, where it has fixed ones."""
     if ckpt.get("class_names"):
         return list(ckpt["class_names"])
-    return list(CLASS_NAMES.get(ckpt["config"]["data"]["dataset"], ()))
+    return list(dataset_class_names(ckpt["config"]["data"]["dataset"]))
 
 
 def class_index(text: str, num_classes: int, names: list[str]) -> int:
@@ -157,16 +157,13 @@ def generate(argv=None) -> None:
         raise UserError("--inpaint IMAGE.png and --mask MASK.png go together: the mask marks what to re-sample")
     if args.keep_rows is not None and not args.complete:
         raise UserError("--keep-rows is for --complete")
-    for name, value, bounds in (("--num", args.num, dict(min=1)), ("--temperature", args.temperature, dict(above=0)),
-                                ("--top-k", args.top_k, dict(min=1)), ("--top-p", args.top_p, dict(above=0, max=1)),
-                                ("--cfg-scale", args.cfg_scale, dict(min=0)), ("--steps", args.steps, dict(min=1))):
-        check_option(name, value, **bounds)
+    check_option("--num", args.num, min=1)
     device = select_device(args.device, DistInfo(), "--device ")
     gpt, vq, cond_vq, ckpt = load_transformer(args.checkpoint, device)
     window, masked = gpt.cfg.window, gpt.cfg.masked
-    if args.steps is not None and not masked:
-        raise UserError("--steps is the number of parallel decoding rounds of a masked model (model.kind=maskgit); "
-                        "this checkpoint is a GPT, which samples token by token")
+    settings = load_config(SampleConfig, base=ckpt["config"]["sample"], base_name=f"checkpoint '{args.checkpoint}'")
+    settings = settings.with_options(gpt, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                                     cfg_scale=args.cfg_scale, steps=args.steps)
     if args.inpaint and not masked:
         raise UserError("--inpaint re-samples a free-form region, which needs a masked model (model.kind=maskgit); "
                         "a GPT samples in raster order: use --complete, or train a masked model")
@@ -202,20 +199,18 @@ def generate(argv=None) -> None:
         raise UserError(f"--grid {grid[0]}x{grid[1]} is smaller than the trained window {window[0]}x{window[1]}")
     cls = class_index(args.cls, gpt.cfg.num_classes, class_names_of(ckpt)) if args.cls is not None else None
     classes = [cls] if cls is not None else None
-    if classes is None and gpt.cfg.num_classes and masked and (args.complete or args.inpaint):
-        classes = [gpt.cfg.num_classes]  # the null class: the masked model reads the class from the kept tokens
-        print("re-sampling without a class (the null class: the kept tokens decide; --class chooses one)")
-    elif classes is None and gpt.cfg.num_classes and args.complete:  # the class the kept rows are likeliest in
-        classes = likeliest_classes(gpt, tokens, int(keep[:window[0], :window[1]].sum()))
-        names = class_names_of(ckpt)
-        print(f"completing as class {classes[0]}" + (f" ({names[classes[0]]})" if names else "")
-              + ": the likeliest for the kept tokens (--class chooses another)")
-    kw = sample_options(ckpt["config"]["sample"], gpt, temperature=args.temperature, top_k=args.top_k,
-                        top_p=args.top_p, cfg_scale=args.cfg_scale, steps=args.steps)
+    if classes is None and (args.complete or args.inpaint):
+        classes, policy = completion_classes(gpt, tokens, keep)
+        if policy == "null_class":
+            print("re-sampling without a class (the null class: the kept tokens decide; --class chooses one)")
+        elif policy == "likeliest_class":
+            names = class_names_of(ckpt)
+            print(f"completing as class {classes[0]}" + (f" ({names[classes[0]]})" if names else "")
+                  + ": the likeliest for the kept tokens (--class chooses another)")
 
     t0 = time.time()
-    tokens = draw(gpt, args.num, grid, classes, cond=cond, tokens=tokens, keep=keep, use_cache=not args.no_kv_cache,
-                  generator=torch.Generator(device=device).manual_seed(args.seed), **kw)
+    tokens = draw(gpt, args.num, settings, grid, classes, cond=cond, tokens=tokens, keep=keep,
+                  use_cache=not args.no_kv_cache, generator=torch.Generator(device=device).manual_seed(args.seed))
     if device.type == "cuda":
         torch.cuda.synchronize()
     elapsed = time.time() - t0
@@ -239,7 +234,7 @@ def generate(argv=None) -> None:
             save_image(img, f"{stem}_{i:03d}.png")
     n_tok = args.num * (grid[0] * grid[1] - (int(keep.sum()) if keep is not None else 0))
     if masked:
-        mode = ("windowed " if grid != window else "") + f"parallel decoding, {kw['steps']} rounds"
+        mode = ("windowed " if grid != window else "") + f"parallel decoding, {settings.steps} rounds"
     else:
         mode = ("sliding window, " if grid != window else "") + ("no KV cache" if args.no_kv_cache else "KV cache")
     print(f"{args.num} image(s), grid {grid[0]}x{grid[1]} ({mode}): {n_tok} tokens in {elapsed:.2f}s = "

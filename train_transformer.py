@@ -14,25 +14,28 @@ from dataclasses import asdict
 
 import torch
 import torch.distributed as dist
+
+from torch.utils.data import BatchSampler
 from torchvision.utils import make_grid
 
+from transformer.draw import draw
 from transformer.gpt import GPT, GPTConfig, legacy_gpt_config, model_args_of
 from transformer.loading import load_stage1
-from transformer.draw import draw, sample_options
 from transformer.sampling import decode_images, raster_prefix
 from transformer.sequences import crop_windows, training_pair
 from transformer.tokens import cache_path, dataset_key, load_or_encode
-from utils.conditions import as_picture
-from utils.data import ResumableSampler, build_datasets
-from utils.distributed import all_reduce_sum
-from utils.errors import UserError
-from utils.loop import (StopSignal, check_step, clip_gradients, due, end_of_run, evaluate_and_save, figures,
-                        keeps_signal_handlers, optimizer_step, rng_kept, set_lr)
-from utils.precision import autocast_context
-from utils.runlog import RunLogger
-from utils.stage2_config import Stage2Config, check_init_layout, complete_from_stage1, gpt_config
-from utils.training import (load_init, main_guard, prepare_run_dir, restore, save_checkpoint, start_position, start_run,
-                            wrap_ddp, write_config)
+from utils.core.distributed import all_reduce_sum
+from utils.core.errors import UserError
+from utils.core.precision import autocast_context
+from utils.core.runlog import RunLogger
+from utils.data.conditions import as_picture
+from utils.data.registry import build_datasets, cache_settings
+from utils.train.batches import Batches, ResumableSampler
+from utils.train.loop import (StopSignal, check_step, clip_gradients, due, end_of_run, figures,
+                              keeps_signal_handlers, optimizer_step, rng_kept, set_lr)
+from utils.train.run import (load_init, main_guard, prepare_run_dir, restore, save_checkpoint, start_position,
+                             start_run, wrap_ddp, write_config)
+from utils.train.stage2_config import Stage2Config, check_init_layout, complete_from_stage1, gpt_config
 
 
 @torch.no_grad()
@@ -93,7 +96,7 @@ def train(argv=None):
 
     # ---------------------------------------------------------------- the token cache
     cache_dir = os.path.join(cfg.run.out_dir, "cache")
-    key = dataset_key(d, cfg.run.seed, (train_set, val_set))
+    key = dataset_key(d.dataset, cache_settings(d, cfg.run.seed), (train_set, val_set))
     shas = [stage1_record["sha256"]] + ([cond_record["sha256"]] if cond_record else [])
     meta = {"stage1_sha256": shas, "codebook_size": vq.cfg.codebook_size, "grid": list(grid), "dataset": key,
             "files": len(train_set.sources) + len(val_set.sources)}
@@ -134,11 +137,10 @@ def train(argv=None):
              f"{window[0]}x{window[1]}, {gcfg.codebook_size} codes, {gcfg.num_classes or 'no'} classes | "
              f"{len(train_grids)} train / {len(val_grids)} val grids")
     sc = cfg.sample
-    options = sample_options(sc, model)
     logger = RunLogger(run.dir, dist_info.is_main, t.max_steps, step, "stage 2")
 
     def save(at_step: int) -> None:
-        save_checkpoint(run, at_step, epoch, batch_in_epoch, model_args=model.model_args,
+        save_checkpoint(run, at_step, batches.epoch, batches.batch, model_args=model.model_args,
                         gpt_config=legacy_gpt_config(gcfg), model=model.state_dict(), optimizer=opt.state_dict(),
                         scaler=scaler.state_dict(), stage1=stage1_record, stage1_condition=cond_record,
                         window=list(window), grid=list(grid), class_names=class_names, token_cache=token_cache)
@@ -152,8 +154,8 @@ def train(argv=None):
                 model.eval()
                 n, k = sc.num, min(sc.num, len(val_grids))
                 conds = None if val_conds is None else val_conds[:k].long().to(device)  # the val images' maps
-                toks = draw(model, n if conds is None else k, grid, cond=conds,
-                            generator=torch.Generator(device).manual_seed(cfg.run.seed), **options)
+                toks = draw(model, n if conds is None else k, sc, grid, cond=conds,
+                            generator=torch.Generator(device).manual_seed(cfg.run.seed))
                 shown = decode_images(vq, toks)
                 if conds is not None:  # each condition map above the sample drawn for it
                     maps = as_picture(cond_vq.decode_indices(conds).float(), d.condition, logits=True).cpu()
@@ -162,9 +164,9 @@ def train(argv=None):
                              at_step)
                 real = val_grids[:k].long().to(device)
                 classes = val_labels[:k].tolist() if gcfg.num_classes else None
-                done = draw(model, k, grid, classes, cond=conds, tokens=real,
+                done = draw(model, k, sc, grid, classes, cond=conds, tokens=real,
                             keep=raster_prefix(grid, (grid[0] // 2) * grid[1]),
-                            generator=torch.Generator(device).manual_seed(cfg.run.seed), **options)
+                            generator=torch.Generator(device).manual_seed(cfg.run.seed))
                 images = torch.cat([decode_images(vq, real), decode_images(vq, done)])
                 logger.image("val/completions_real_above_completed", make_grid(images, nrow=k, padding=1), at_step)
                 model.train()
@@ -177,20 +179,16 @@ def train(argv=None):
     model.train()
     sums, n_sums, t_log, tokens_since = torch.zeros((), device=device), 0, time.time(), 0
     metrics = {}
-    sampler.set_epoch(epoch, batch_in_epoch * micro)
-    order = iter(sampler)
+    batches = Batches(BatchSampler(sampler, micro, drop_last=True), sampler, micro, epoch, batch_in_epoch)
+    if step >= t.max_steps:  # resumed at or past the end: no step to take, but an evaluation and a checkpoint
+        metrics = validate(step)
+        save(step)
     stopping = False
     while step < t.max_steps and not stopping:
         set_lr(step, t, (opt, t.lr))
         micro_terms = []
         for k in range(t.grad_accum):
-            sel = [i for _, i in zip(range(micro), order)]
-            if len(sel) < micro:  # epoch exhausted (the tail shorter than a batch is dropped)
-                epoch, batch_in_epoch = epoch + 1, 0
-                sampler.set_epoch(epoch)
-                order = iter(sampler)
-                sel = [i for _, i in zip(range(micro), order)]
-            batch_in_epoch += 1
+            sel = next(batches)
             seq, *cond = crop_windows(window, None, train_grids[sel].long(),
                                       *([train_conds[sel].long()] if train_conds is not None else []))
             inp, targets = training_pair(seq, train_labels[sel], gcfg, t.pkeep, t.class_dropout,
@@ -216,8 +214,10 @@ def train(argv=None):
                                      "tokens_per_sec": tokens_since / elapsed}, step)
             logger.bar.set_postfix(loss=f"{avg:.4f}", tok_s=f"{tokens_since / elapsed:.0f}")
             sums, n_sums, t_log, tokens_since = torch.zeros((), device=device), 0, time.time(), 0
-        metrics = evaluate_and_save(run, step, stopping, validate, save, metrics)
-    end_of_run(run, logger, step, stop if stopping else None, metrics, validate, save)
+        if due(step, t.ckpt_every, t.max_steps) or stopping:  # first: a failure while sampling loses no steps
+            save(step)
+        metrics = validate(step) if due(step, t.eval_every, t.max_steps) else metrics
+    end_of_run(run, logger, step, stop if stopping else None, metrics)
 
 
 if __name__ == "__main__":

@@ -10,72 +10,24 @@ import torch
 from torch.utils.data import DataLoader
 from torchvision.utils import make_grid
 
-from utils.data import ResumableSampler, build_datasets
-from utils.distributed import all_reduce_sum
-from utils.errors import UserError
-from utils.loop import (EMA, StopSignal, check_step, clip_gradients, due, end_of_run, evaluate_and_save, figures,
-                        keeps_signal_handlers, optimizer_step, rng_kept, set_lr)
-from utils.conditions import as_picture, class_targets
-from utils.metrics import ClassMapScores, FeatureStats, InceptionFeatures, frechet_distance, psnr, ssim
-from utils.precision import autocast_context
-from utils.runlog import RunLogger
-from utils.stage1_config import Stage1Config
-from utils.training import (load_init, main_guard, prepare_run_dir, restore, save_checkpoint, start_position, start_run,
-                            wrap_ddp, write_config)
-from vqgan.codebook import usage_from_counts
+from utils.core.distributed import all_reduce_sum
+from utils.core.errors import UserError
+from utils.core.precision import autocast_context
+from utils.core.runlog import RunLogger
+from utils.data.conditions import as_picture, class_targets
+from utils.data.registry import build_datasets
+from utils.eval.metrics import InceptionFeatures
+from utils.eval.reconstruction import evaluate
+from utils.train.batches import Batches, ResumableSampler
+from utils.train.loop import (EMA, StopSignal, check_step, clip_gradients, due, end_of_run, figures,
+                              keeps_signal_handlers, optimizer_step, rng_kept, set_lr)
+from utils.train.run import (load_init, main_guard, prepare_run_dir, restore, save_checkpoint, start_position,
+                             start_run, wrap_ddp, write_config)
+from utils.train.stage1_config import Stage1Config
 from vqgan.discriminator import PatchDiscriminator
 from vqgan.losses import LossWeights, discriminator_loss, generator_backward
 from vqgan.lpips import LPIPS
 from vqgan.model import VQGAN
-
-
-@torch.no_grad()
-def evaluate(model, loader, device, ctx, lpips=None, inception=None, max_batches=0, class_maps=False):
-    """Validation figures over the (sharded) val split, summed across ranks, and the first batch's images. A
-    tokenizer of class maps (class_maps) is scored by pixel accuracy and mean IoU instead of image figures."""
-    model.eval()
-    K = model.codebook.codebook_size
-    sums = torch.zeros(5, device=device, dtype=torch.float64)  # psnr, ssim, l1, lpips, count
-    counts = torch.zeros(K, device=device)
-    scores = ClassMapScores(model.channels, device) if class_maps else None
-    first = None
-    real, fake = (FeatureStats(2048, device), FeatureStats(2048, device)) if inception is not None else (None, None)
-    for i, (x, _) in enumerate(loader):
-        if max_batches and i >= max_batches:
-            break
-        x = x.to(device, non_blocking=True)
-        with ctx:
-            x_rec, _, info = model(x)
-        x_rec = x_rec.float()
-        counts += torch.bincount(info["indices"].flatten(), minlength=K).float()
-        if first is None:
-            first = (x[:8].cpu(), x_rec[:8].cpu())
-        if scores is not None:
-            scores.update(x_rec, class_targets(x))
-            continue
-        a, b = (x + 1) / 2, ((x_rec + 1) / 2).clamp(0, 1)
-        sums[0] += psnr(a, b).sum()
-        sums[1] += ssim(a, b).sum()
-        sums[2] += (a - b).abs().mean(dim=(1, 2, 3)).sum()
-        if lpips is not None:
-            sums[3] += lpips(x_rec, x).sum()
-        sums[4] += x.shape[0]
-        if inception is not None:
-            real.update(inception(x))
-            fake.update(inception(x_rec.clamp(-1, 1)))
-    all_reduce_sum(sums)
-    all_reduce_sum(counts)  # a code counts as used when any rank used it
-    n = max(1.0, sums[4].item())
-    used, ppl = usage_from_counts(counts)
-    if scores is not None:
-        return {**scores.all_reduce().result(), "codebook_usage": used, "perplexity": ppl}, first
-    out = {"psnr": sums[0].item() / n, "ssim": sums[1].item() / n, "l1": sums[2].item() / n,
-           "codebook_usage": used, "perplexity": ppl}
-    if lpips is not None:
-        out["lpips"] = sums[3].item() / n
-    if inception is not None:  # over every rank's images: their feature statistics add up
-        out["rfid"] = frechet_distance(real.all_reduce(), fake.all_reduce())
-    return out, first
 
 
 @keeps_signal_handlers
@@ -141,7 +93,7 @@ def train(argv=None):
     logger = RunLogger(run.dir, dist_info.is_main, t.max_steps, step, "stage 1")
 
     def save(at_step: int) -> None:
-        save_checkpoint(run, at_step, epoch, batch_in_epoch, model_args=model.model_args, model=model.state_dict(),
+        save_checkpoint(run, at_step, batches.epoch, batches.batch, model_args=model.model_args, model=model.state_dict(),
                         optimizer=opt.state_dict(), disc=disc.state_dict(), disc_optimizer=d_opt.state_dict(),
                         scaler=scaler.state_dict(), disc_scaler=d_scaler.state_dict(),
                         ema=ema.state_dict() if ema else None)
@@ -168,24 +120,17 @@ def train(argv=None):
     sums, n_sums = {}, 0
     t_log, images_since = time.time(), 0
     metrics = {}
-    sampler.set_epoch(epoch, batch_in_epoch * micro)
-    train_set.set_epoch(epoch)
-    data_iter = iter(train_loader)
+    batches = Batches(train_loader, sampler, micro, epoch, batch_in_epoch, datasets=(train_set,))
+    if step >= t.max_steps:  # resumed at or past the end: no step to take, but an evaluation and a checkpoint
+        metrics = validate(step)
+        save(step)
     stopping = False
     while step < t.max_steps and not stopping:
         set_lr(step, t, (opt, t.lr), (d_opt, d_lr))
         gan_on = step >= lc.disc_start
         micro_terms = []
         for k in range(t.grad_accum):
-            try:
-                x, _ = next(data_iter)
-            except StopIteration:
-                epoch, batch_in_epoch = epoch + 1, 0
-                sampler.set_epoch(epoch)
-                train_set.set_epoch(epoch)
-                data_iter = iter(train_loader)
-                x, _ = next(data_iter)
-            batch_in_epoch += 1
+            x, _ = next(batches)
             x = x.to(device, non_blocking=True)
             last_micro = k == t.grad_accum - 1
             sync = nullcontext() if last_micro or not dist_info.enabled else fwd_model.no_sync()
@@ -195,9 +140,9 @@ def train(argv=None):
                 grad_scale = scaler.scale(torch.ones((), device=device)) / t.grad_accum if scaler.is_enabled() \
                     else 1.0 / t.grad_accum
                 # the generator pass uses the bare discriminator: its weights get no update from it
-                terms = generator_backward(x, x_rec, vq_loss, last_layer, weights, lpips,
-                                           disc if gan_on else None, grad_scale, ctx,
-                                           class_targets(x) if class_maps else None)
+                terms = generator_backward(x, x_rec, vq_loss, last_layer, weights, lpips=lpips,
+                                           disc=disc if gan_on else None, grad_scale=grad_scale, autocast=ctx,
+                                           class_targets=class_targets(x) if class_maps else None)
             if gan_on:
                 d_sync = nullcontext() if last_micro or not dist_info.enabled else d_train.no_sync()
                 with d_sync:
@@ -237,8 +182,10 @@ def train(argv=None):
             logger.bar.set_postfix({"loss": f"{logged['total']:.4f}", rec: f"{logged[rec]:.4f}", "usage": f"{used:.2f}",
                                     "img_s": f"{logged['images_per_sec']:.0f}"})
             sums, n_sums, t_log, images_since = {}, 0, time.time(), 0
-        metrics = evaluate_and_save(run, step, stopping, validate, save, metrics)
-    end_of_run(run, logger, step, stop if stopping else None, metrics, validate, save)
+        metrics = validate(step) if due(step, t.eval_every, t.max_steps) else metrics
+        if due(step, t.ckpt_every, t.max_steps) or stopping:
+            save(step)
+    end_of_run(run, logger, step, stop if stopping else None, metrics)
 
 
 if __name__ == "__main__":

@@ -15,12 +15,12 @@ from helpers import TINY_STAGE1, TINY_STAGE2, load, run_script
 from transformer.gpt import GPT, GPTConfig
 from transformer.sampling import _Stepper, filter_logits, sample, window_origin
 from transformer.sequences import make_inputs
-from utils.conditions import IGNORE, class_targets, edge_map, lowres_map, one_hot, read_condition
-from utils.config import ConfigError, load_config
-from utils.data import build_datasets
-from utils.errors import UserError
-from utils.stage1_config import DataConfig, Stage1Config
-from utils.stage2_config import Stage2Config
+from utils.data.conditions import IGNORE, class_targets, edge_map, lowres_map, one_hot, read_condition
+from utils.core.config import ConfigError, load_config
+from utils.data.registry import build_datasets
+from utils.core.errors import UserError
+from utils.train.stage1_config import DataConfig, Stage1Config
+from utils.train.stage2_config import Stage2Config
 
 
 def tiny_cond_gpt(window=(3, 4), K=10, Kc=6, seed=0):
@@ -48,6 +48,8 @@ def test_condition_maps():
 
 def test_shapes_masks_follow_their_images():
     data = DataConfig(num_train=20, num_val=4, condition="segmentation")
+    data.check()  # takes the shapes set's 6 mask classes
+    assert data.condition_classes == 6
     tr, va = build_datasets(data, 0)
     cond = tr.with_view("condition")
     for i in range(8):
@@ -59,10 +61,14 @@ def test_shapes_masks_follow_their_images():
         fg = idx > 0
         bg_colour = x[:, ~fg].mean(1, keepdim=True)
         assert (x[:, fg] - bg_colour).abs().sum(0).mean() > 0.3  # the mask covers the shape, not the background
-    assert build_datasets(DataConfig(num_train=4, num_val=2, condition="segmentation", tokenize="condition"),
-                          0)[0][0][0].shape == (6, 32, 32)  # the tokenizer's view
-    with pytest.raises(UserError, match="data.condition=segmentation needs maps"):
-        build_datasets(DataConfig(dataset="mnist", condition="segmentation"), 0)
+    data = DataConfig(num_train=4, num_val=2, condition="segmentation", tokenize="condition")
+    data.check()
+    assert build_datasets(data, 0)[0][0][0].shape == (6, 32, 32)  # the tokenizer's view
+    with pytest.raises(UserError, match="data.condition=segmentation needs maps: the shapes set has masks, a folder "
+                                        "dataset takes them from data.condition_root"):
+        DataConfig(dataset="mnist", condition="segmentation").check()
+    with pytest.raises(UserError, match="data.condition_classes=3, but the shapes set's masks have 6 classes"):
+        DataConfig(condition="segmentation", condition_classes=3).check()
 
 
 def write_folder(root, n=6, size=(24, 20), maps=True, missing=(), broken=()):
@@ -108,7 +114,7 @@ def test_paired_folder_skips_images_without_a_map(tmp_path):
     assert len(msgs) == 1 and msgs[0].startswith("skipped 2 image(s) of 6")
     assert len(tr) + len(va) == 4
     with pytest.raises(UserError, match="needs data.condition_root"):
-        build_datasets(DataConfig(dataset="folder", root=img, condition="paired"), 0)
+        DataConfig(dataset="folder", root=img, condition="paired").check()
 
 
 # ----------------------------------------------------------------------------- the conditional GPT
@@ -201,7 +207,7 @@ def test_condition_config_errors():
     with pytest.raises(ConfigError, match="a segmentation tokenizer learns class maps with a cross-entropy loss"):
         load_config(Stage1Config, overrides=["data.condition=segmentation", "data.tokenize=condition"])
     with pytest.raises(UserError, match="data.tokenize=condition needs a data.condition"):
-        build_datasets(DataConfig(tokenize="condition"), 0)
+        load_config(Stage1Config, overrides=["data.tokenize=condition"])
 
 
 def test_generate_with_condition_complete_and_extend(seg_runs, tmp_path):

@@ -1,8 +1,8 @@
 import pytest
 import yaml
 
-from utils.config import ConfigError, dump_yaml, load_config, to_dict
-from utils.stage1_config import Stage1Config
+from utils.core.config import ConfigError, dump_yaml, load_config, to_dict
+from utils.train.stage1_config import Stage1Config
 
 
 def test_override_types():
@@ -93,7 +93,7 @@ def test_every_shipped_config_loads():
     import glob
     import os
 
-    from utils.stage2_config import Stage2Config
+    from utils.train.stage2_config import Stage2Config
     root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
     paths = sorted(glob.glob(os.path.join(root, "*.yaml")))
     assert len(paths) >= 10

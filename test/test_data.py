@@ -10,20 +10,24 @@ import pytest
 import torch
 from PIL import Image
 
-from utils.data import CLASS_NAMES, ArrayDataset, ResumableSampler, build_datasets
-from utils.images import fit_size, to_tensor
-from utils.datafiles import read_idx
-from utils.shapes import SHAPE_CLASSES, SHAPE_PALETTE, render_shapes
-from utils.errors import UserError
-from utils.stage1_config import DataConfig
+from utils.data.images import ArrayDataset
+from utils.data.registry import DATASETS, build_datasets
+from utils.train.batches import ResumableSampler
+from utils.data.images import fit_size, to_tensor
+from utils.data.mnist import read_idx
+from utils.data.shapes import SHAPE_CLASSES, SHAPE_PALETTE, render_shapes
+from utils.core.errors import UserError
+from utils.train.stage1_config import DataConfig
 
 FASHION = "/usr/share/datasets/fashion-mnist"
 
 
 def cfg(**kw):
+    """A data section with these values, checked as a config file's is."""
     c = DataConfig()
     for k, v in kw.items():
         setattr(c, k, v)
+    c.check()
     return c
 
 
@@ -69,7 +73,7 @@ def test_idx_files(tmp_path, gz):
         write_idx(str(raw / f"{split}-labels-idx1-ubyte"), rng.integers(0, 10, (n,)), gz)
     tr, va = build_datasets(cfg(dataset="fashion_mnist", root=str(tmp_path), channels=1), seed=0)
     assert len(tr) == 12 and len(va) == 5
-    assert tr.class_names == va.class_names == CLASS_NAMES["fashion_mnist"] and tr.class_names[7] == "Sneaker"
+    assert tr.class_names == va.class_names == DATASETS["fashion_mnist"].class_names and tr.class_names[7] == "Sneaker"
     assert len(tr.sources) == 2 and all(os.path.isfile(p) for p in tr.sources)  # the files the token cache keys on
     x, y = tr[0]
     assert x.shape == (1, 32, 32) and 0 <= y < 10
@@ -238,3 +242,34 @@ def test_real_fashion_mnist_files(tmp_path):
                                      f"data.root={FASHION}", "data.channels=1", "train.max_steps=3",
                                      "train.eval_batches=2"])
     assert os.path.isfile(tmp_path / "f" / "metrics.json")
+
+
+def test_a_dataset_is_one_module_and_one_line(tmp_path, monkeypatch):
+    """The README's worked example, run as written: a module that makes a DatasetSpec, registered by one line, is
+    built, keyed for the token cache, named for --class and judged, with no other place to edit."""
+    import dataclasses
+    import re
+    import types
+
+    from conftest import ROOT
+    from utils.data import registry
+    from utils.eval import classifier
+    readme = open(os.path.join(ROOT, "README.md")).read()
+    code = re.search(r"```python\n# utils/data/textures.py\n(.*?)```", readme, re.S).group(1)
+    textures = types.ModuleType("textures")
+    exec(compile(code, "textures.py", "exec"), textures.__dict__)
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 6), ("val", 3)):
+        np.savez(tmp_path / f"{split}.npz", images=rng.integers(0, 255, (n, 16, 16, 3), dtype=np.uint8),
+                 labels=np.arange(n) % 3)
+    # the one line: the registry's list (the config's choices are read from it when the schema is imported)
+    assert dataclasses.fields(DataConfig)[0].metadata["choices"] == tuple(registry.DATASETS)
+    monkeypatch.setitem(registry.DATASETS, "textures", textures.SPEC)
+    data = cfg(dataset="textures", root=str(tmp_path), image_size=16)
+    tr, va = build_datasets(data, seed=0)
+    assert (len(tr), len(va)) == (6, 3) and tr[0][0].shape == (3, 16, 16) and tr.class_names == textures.CLASSES
+    assert registry.class_names_of("textures") == ("wood", "stone", "cloth")
+    assert registry.cache_settings(data, 0)["root"] == os.path.abspath(tmp_path)
+    assert classifier.recipe_data("textures", data)[2] == textures.CLASSES  # judged on its real images
+    with pytest.raises(UserError, match="data.condition=segmentation needs maps"):
+        cfg(dataset="textures", root=str(tmp_path), condition="segmentation")

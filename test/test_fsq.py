@@ -10,8 +10,8 @@ import train_vqgan
 from conftest import tiny_model_config
 from helpers import TINY_STAGE1, TINY_STAGE2, load
 from transformer.gpt import GPT
-from utils.config import ConfigError, load_config
-from utils.stage1_config import Stage1Config
+from utils.core.config import ConfigError, load_config
+from utils.train.stage1_config import Stage1Config
 from vqgan.fsq import FSQ
 from vqgan.model import VQGAN
 
@@ -91,6 +91,13 @@ def test_fsq_config_must_match_the_codebook_size_and_dim(tmp_path):
                                           r"model.codebook_size=1000 model.codebook_dim=4"):
         load_config(Stage1Config, overrides=["model.quantizer=fsq", "model.fsq_levels=[8,5,5,5]",
                                              "model.codebook_size=1024", "model.codebook_dim=8"])
+    derived = load_config(Stage1Config, overrides=["model.quantizer=fsq", "model.fsq_levels=[8,5,5,5]"]).model
+    assert (derived.codebook_size, derived.codebook_dim) == (1000, 4)  # derived from the levels, not restated
+    stated = load_config(Stage1Config, overrides=["model.quantizer=fsq", "model.fsq_levels=[8,5,5,5]",
+                                                  "model.codebook_size=1000", "model.codebook_dim=4"]).model
+    assert stated == derived  # matching values still load
+    vq = load_config(Stage1Config).model
+    assert (vq.codebook_size, vq.codebook_dim) == (1024, 8)  # a VQ codebook left unsized: 1024 codes of dimension 8
     with pytest.raises(ConfigError, match="model.quantizer=fsq needs model.fsq_levels"):
         load_config(Stage1Config, overrides=["model.quantizer=fsq"])
     with pytest.raises(ConfigError, match="is for model.quantizer=fsq"):

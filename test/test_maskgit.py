@@ -4,6 +4,7 @@ their errors, and the inpainting score."""
 import json
 import math
 import os
+import re
 
 import pytest
 import torch
@@ -13,12 +14,14 @@ import train_transformer
 import train_vqgan
 from helpers import TINY_STAGE1, TINY_STAGE2, load, run_script
 from transformer import maskgit
-from transformer.draw import draw, sample_options
+from transformer.draw import SampleConfig, completion_classes, draw
 from transformer.gpt import GPT, GPTConfig
 from transformer.maskgit import decode_window, sample_masked, window_origins
+from transformer.sampling import centre_keep, likeliest_classes, raster_prefix
 from transformer.sequences import mask_ratio, masked_inputs, training_pair
-from utils.stage2_config import check_init_layout
-from utils.errors import UserError
+from utils.train.stage2_config import check_init_layout
+from utils.core.config import ConfigError, load_config
+from utils.core.errors import UserError
 
 
 def tiny_maskgit(num_classes=0, window=(3, 4), K=10, cond=0, seed=0):
@@ -160,18 +163,42 @@ def test_windows_cover_larger_grids_and_condition_maps_follow_them():
 
 def test_draw_picks_the_sampler_of_the_model():
     gpt = GPT(GPTConfig(codebook_size=10, window=(3, 4), n_layer=1, n_head=2, n_embd=16)).eval()
-    with pytest.raises(ValueError, match="decoding rounds of a masked"):
-        draw(gpt, 1, steps=4)
-    assert draw(gpt, 2, generator=torch.Generator().manual_seed(0)).shape == (2, 3, 4)
+    with pytest.raises(UserError, match="--steps is the number of parallel decoding rounds of a masked model"):
+        SampleConfig().with_options(gpt, steps=4)
+    with pytest.raises(UserError, match="--choice-temperature is the confidence noise of a masked model"):
+        SampleConfig().with_options(gpt, choice_temperature=2.0)
+    assert draw(gpt, 2, SampleConfig(), generator=torch.Generator().manual_seed(0)).shape == (2, 3, 4)
     m = tiny_maskgit()
-    a = draw(m, 2, generator=torch.Generator().manual_seed(0))  # the default rounds
+    a = draw(m, 2, SampleConfig(), generator=torch.Generator().manual_seed(0))  # the default rounds
     b = sample_masked(m, 2, generator=torch.Generator().manual_seed(0), steps=8)
     assert torch.equal(a, b)
     with pytest.raises(ValueError, match="for masked"):
         sample_masked(gpt, 1)
-    assert sample_options({"temperature": 1.0, "top_k": None, "top_p": 0.9, "cfg_scale": 2.0, "steps": 5}, m) == \
+    # a checkpoint's sample section, as written before the masked model's keys existed, gets their defaults
+    old = load_config(SampleConfig, base={"temperature": 1.0, "top_k": None, "top_p": 0.9, "cfg_scale": 2.0})
+    assert old.with_options(m, steps=5).described(m) == \
         {"temperature": 1.0, "top_k": None, "top_p": 0.9, "cfg_scale": 2.0, "steps": 5, "choice_temperature": 4.5}
-    assert "steps" not in sample_options({"temperature": 1.0, "top_k": None, "top_p": 0.9, "cfg_scale": 2.0}, gpt)
+    assert "steps" not in old.described(gpt) and old.with_options(gpt, top_p=None).top_p == 0.9  # None: unchanged
+    for key, value, msg in [("steps", 0, "--steps 0 is out of range: must be at least 1"),
+                            ("top_p", 1.5, "--top-p 1.5 is out of range: must be in (0, 1]"),
+                            ("cfg_scale", -1.0, "--cfg-scale -1.0 is out of range: must be at least 0")]:
+        with pytest.raises(ConfigError, match=re.escape(msg)):
+            SampleConfig().with_options(m, **{key: value})
+
+
+def test_completion_class_policy():
+    """One policy for every front end: none without classes, the null class for a masked model, the likeliest class
+    of a raster prefix for a GPT (any other kept region is refused)."""
+    gpt = GPT(GPTConfig(codebook_size=10, window=(3, 4), num_classes=3, n_layer=1, n_head=2, n_embd=16)).eval()
+    tokens = torch.randint(0, 10, (2, 3, 4), generator=torch.Generator().manual_seed(0))
+    keep = raster_prefix((3, 4), 6)
+    classes, policy = completion_classes(gpt, tokens, keep)
+    assert policy == "likeliest_class" and classes == likeliest_classes(gpt, tokens, 6)
+    with pytest.raises(ValueError, match="raster order only"):
+        completion_classes(gpt, tokens, centre_keep((3, 4), 1))
+    assert completion_classes(tiny_maskgit(num_classes=3), tokens, keep) == ([3], "null_class")
+    plain = GPT(GPTConfig(codebook_size=10, window=(3, 4), n_layer=1, n_head=2, n_embd=16)).eval()
+    assert completion_classes(plain, tokens, keep) == (None, "none")
 
 
 def test_init_from_refuses_another_kind():
@@ -259,7 +286,8 @@ def test_gpt_refuses_steps_and_inpainting(stage1, tmp_path):
 
 
 def test_sample_eval_scores_inpainting(masked_run, monkeypatch):
-    from utils import classifier, sample_eval
+    from utils import sample_eval
+    from utils.eval import classifier
     monkeypatch.setattr(classifier, "SHAPES_TRAIN", 300)
     monkeypatch.setattr(classifier, "SHAPES_HELD_OUT", 60)
     monkeypatch.setattr(classifier, "EPOCHS", 1)
@@ -268,14 +296,4 @@ def test_sample_eval_scores_inpainting(masked_run, monkeypatch):
     assert 0 <= r["inpainting"]["class_accuracy_null_class"] <= 1
     assert 0 <= r["inpainting"]["class_accuracy_true_class"] <= 1
     assert set(r["completion"]) == {"images", "class_accuracy_null_class", "class_accuracy_true_class"}
-    # a class is picked by the likelihood of a raster prefix only: any other kept region is refused
-    from transformer.loading import load_transformer
-    from transformer.sampling import centre_keep
-    from utils.cond_eval import _resampled_accuracy
-    from utils.config import load_config
-    from utils.stage2_config import Stage2Config
-    model = load_transformer(os.path.join(masked_run, "checkpoints", "last.pt"))
-    cfg = load_config(Stage2Config, base=model.ckpt["config"], base_name="checkpoint")
-    with pytest.raises(ValueError, match="kept tokens in raster order only"):
-        _resampled_accuracy(model, cfg, os.path.join(cfg.run.out_dir, "cache"), 4, torch.Generator(), {}, None, 4,
-                            lambda grid: centre_keep(grid, 2), ["likeliest_class"])
+    # (a class picked by the likelihood of kept tokens needs a raster prefix: test_completion_class_policy)

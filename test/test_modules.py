@@ -185,8 +185,8 @@ def test_generator_backward_equals_naive_autograd(with_disc):
     params = list(model.parameters())
 
     x_rec, vq, _ = model(x)
-    terms = generator_backward(x, x_rec, vq, model.decoder.last_layer, weights, lpips, disc if with_disc else None,
-                               grad_scale=4.0)
+    terms = generator_backward(x, x_rec, vq, model.decoder.last_layer, weights, lpips=lpips,
+                               disc=disc if with_disc else None, grad_scale=4.0)
     ours = [p.grad.clone() / 4.0 for p in params]
     assert all(p.grad is None for p in disc.parameters())  # the generator step leaves the discriminator alone
     model.zero_grad()

@@ -10,7 +10,7 @@ import yaml
 
 from conftest import ROOT, needs_taming
 from utils.convert_taming import convert
-from utils.errors import UserError
+from utils.core.errors import UserError
 from vqgan.discriminator import PatchDiscriminator
 from vqgan.lpips import LPIPS
 from vqgan.model import VQGAN

@@ -16,7 +16,7 @@ import vqgan.discriminator
 import vqgan.losses
 from conftest import ROOT
 from helpers import TINY_STAGE1, load, max_weight_diff, run_script
-from utils.errors import UserError
+from utils.core.errors import UserError
 
 
 def train(tmp_path, name, *extra):
@@ -47,8 +47,8 @@ def test_run_folder_and_checkpoint(tmp_path):
     assert torch.equal(ema.encoder.conv_in.weight, ck["ema"]["encoder.conv_in.weight"])
     assert not torch.equal(ema.encoder.conv_in.weight, raw.encoder.conv_in.weight)
     # the dumped config reloads to the same config
-    from utils.config import load_config, to_dict
-    from utils.stage1_config import Stage1Config
+    from utils.core.config import load_config, to_dict
+    from utils.train.stage1_config import Stage1Config
     assert to_dict(load_config(Stage1Config, os.path.join(d, "config.yaml"))) == ck["config"]
 
 
@@ -222,7 +222,7 @@ def test_feature_stats_gather_exactly():
     """rFID's statistics of two shards, added up, are those of all the features: mean, unbiased covariance."""
     import numpy as np
 
-    from utils.metrics import FeatureStats
+    from utils.eval.metrics import FeatureStats
     f = torch.randn(50, 6, dtype=torch.float64) * torch.arange(1, 7) + 3
     a, b, whole = FeatureStats(6), FeatureStats(6), FeatureStats(6)
     a.update(f[:20])

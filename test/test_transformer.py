@@ -13,9 +13,10 @@ import transformer.tokens
 from conftest import ROOT
 from helpers import TINY_STAGE1, TINY_STAGE2, load, max_weight_diff, run_script
 from transformer.gpt import GPT, GPTConfig, KVCache, explicit_attention
-from transformer.sampling import _Stepper, filter_logits, prefix_tokens, raster_prefix, sample, window_origin
+from transformer.sampling import _Stepper, filter_logits, raster_prefix, sample, window_origin
+from transformer.sequences import prefix_ids, sample_labels
 from transformer.sequences import crop_windows, make_inputs
-from utils.errors import UserError
+from utils.core.errors import UserError
 
 
 def tiny_gpt(num_classes=0, window=(3, 4), K=10, seed=0):
@@ -108,7 +109,7 @@ def test_filter_logits():
 def reference_sample(g, batch, classes, temperature, top_k, top_p, cfg_scale, generator):
     """Textbook autoregressive sampling of the model's whole window: the full sequence through the model for every
     token, guidance from a second pass with the null class."""
-    prefix = prefix_tokens(g, batch, classes, "cpu")[:, None]
+    prefix = prefix_ids(sample_labels(g.cfg, batch, classes), g.cfg)[:, None]
     seq = torch.zeros(batch, 0, dtype=torch.long)
     with torch.no_grad():
         for _ in range(g.cfg.block_size):
@@ -406,8 +407,8 @@ def test_visualize_renders_both_stages(tmp_path, stage1):
 
 def test_stage2_config_is_completed_from_the_stage1_model():
     from conftest import tiny_model_config
-    from utils.config import load_config
-    from utils.stage2_config import Stage2Config, complete_from_stage1, gpt_config
+    from utils.core.config import load_config
+    from utils.train.stage2_config import Stage2Config, complete_from_stage1, gpt_config
     vq = tiny_model_config()  # 16x16 RGB images, f=2, 16 codes
     cfg = load_config(Stage2Config, overrides=["model.class_conditional=true", "model.n_layer=2"])
     assert cfg.data.image_size is None and cfg.data.channels is None

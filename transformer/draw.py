@@ -1,33 +1,84 @@
-"""The one call that samples any stage-2 model with its own sampler: raster-order autoregressive sampling
-(sliding window, KV cache) for a GPT, parallel decoding for a masked (MaskGIT) model."""
+"""How samples are drawn, decided once: the sampling settings (a stage-2 config's `sample` section, with command-line
+values in place), the one call that samples any stage-2 model with its own sampler (raster-order autoregressive
+sampling with the sliding window and KV cache for a GPT, parallel decoding for a masked model), and the class a
+completion is drawn in. generate.py, the training-time samples, utils.visualize and utils.sample_eval all use them."""
+import dataclasses
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
 
 from transformer.gpt import GPT
 from transformer.maskgit import CHOICE_TEMPERATURE, STEPS, sample_masked
-from transformer.sampling import sample
+from transformer.sampling import likeliest_classes, raster_prefix, sample
+from utils.core.config import check_option, num
+from utils.core.errors import UserError
+
+# the settings of parallel decoding, which a GPT does not have: what each is, for the error that says so
+MASKED_ONLY = {"steps": "the number of parallel decoding rounds", "choice_temperature": "the confidence noise"}
 
 
-def draw(model: GPT, batch: int, grid=None, classes=None, *, steps: Optional[int] = None,
-         choice_temperature: float = CHOICE_TEMPERATURE, use_cache: bool = True, **options) -> torch.Tensor:
-    """(B, H, W) sampled token grids. options: temperature, top_k, top_p, cfg_scale, generator, cond, tokens, keep
-    (transformer.sampling.sample). steps and choice_temperature are a masked model's; use_cache a GPT's (a masked
-    model has no cache to use)."""
+@dataclass
+class SampleConfig:
+    """The `sample` section of a stage-2 config."""
+    temperature: float = num(1.0, above=0)
+    top_k: Optional[int] = num(None, min=1)
+    top_p: Optional[float] = num(None, above=0, max=1)
+    cfg_scale: float = num(1.0, min=0)  # classifier-free guidance (class-conditional models)
+    steps: int = num(STEPS, min=1)      # maskgit: parallel decoding rounds per window
+    choice_temperature: float = num(CHOICE_TEMPERATURE, min=0)  # maskgit: initial scale of the confidence noise
+                                        # (annealed to 0)
+    num: int = num(8, min=1)            # images sampled at each evaluation (last: the field shadows `num`)
+
+    def with_options(self, model: GPT, **given) -> "SampleConfig":
+        """These settings with the command-line values `given` (those not None) in their place, each checked against
+        its key's range under its option's name (cfg_scale: --cfg-scale). The settings of parallel decoding given
+        for a GPT are an error."""
+        given = {k: v for k, v in given.items() if v is not None}
+        for key, what in MASKED_ONLY.items():
+            if key in given and not model.cfg.masked:
+                raise UserError(f"{option(key)} is {what} of a masked model (model.kind=maskgit); this checkpoint is a "
+                                "GPT, which samples token by token")
+        for f in dataclasses.fields(self):
+            if f.name in given:
+                check_option(option(f.name), given[f.name], **f.metadata["range"])
+        return dataclasses.replace(self, **given)
+
+    def described(self, model: GPT) -> dict:
+        """The settings that sample this model (a GPT has no rounds), as reports name them."""
+        keys = ["temperature", "top_k", "top_p", "cfg_scale"] + (list(MASKED_ONLY) if model.cfg.masked else [])
+        return {k: getattr(self, k) for k in keys}
+
+
+def option(key: str) -> str:
+    """The command-line option of a sample setting: cfg_scale -> --cfg-scale."""
+    return "--" + key.replace("_", "-")
+
+
+def draw(model: GPT, batch: int, settings: SampleConfig, grid=None, classes=None, *, generator=None, cond=None,
+         tokens=None, keep=None, use_cache: bool = True) -> torch.Tensor:
+    """(B, H, W) sampled token grids, by the model's own sampler with `settings`. grid, classes, cond, tokens and keep
+    mean what they mean for transformer.sampling.sample; use_cache is a GPT's (a masked model has no cache)."""
+    s = settings
+    common = dict(temperature=s.temperature, top_k=s.top_k, top_p=s.top_p, cfg_scale=s.cfg_scale, generator=generator,
+                  cond=cond, tokens=tokens, keep=keep)
     if model.cfg.masked:
-        return sample_masked(model, batch, grid, classes, steps=steps or STEPS,
-                             choice_temperature=choice_temperature, **options)
-    if steps is not None:
-        raise ValueError("steps are the decoding rounds of a masked (maskgit) model; a GPT samples token by token")
-    return sample(model, batch, grid, classes, use_cache=use_cache, **options)
+        return sample_masked(model, batch, grid, classes, steps=s.steps, choice_temperature=s.choice_temperature,
+                             **common)
+    return sample(model, batch, grid, classes, use_cache=use_cache, **common)
 
 
-def sample_options(sample_cfg, model: GPT, **given) -> dict:
-    """The keyword arguments of `draw` that a stage-2 config's `sample` section (its dataclass or its dict) sets;
-    `given` values that are not None (command-line options) replace them."""
-    get = sample_cfg.get if isinstance(sample_cfg, dict) else lambda k, default=None: getattr(sample_cfg, k, default)
-    opts = {k: get(k) for k in ("temperature", "top_k", "top_p", "cfg_scale")}
-    if model.cfg.masked:
-        opts.update(steps=get("steps", STEPS), choice_temperature=get("choice_temperature", CHOICE_TEMPERATURE))
-    opts.update({k: v for k, v in given.items() if v is not None})
-    return opts
+def completion_classes(model: GPT, tokens: torch.Tensor, keep: torch.Tensor) -> tuple[Optional[list[int]], str]:
+    """The class a completion of `tokens` (B, H, W) keeping `keep` (H, W) is drawn in when none is asked for, and
+    which policy chose it: none for a model without classes ("none"); the null class for a masked model, so that
+    the kept tokens decide ("null_class"); for a GPT, per grid, the class under which its kept tokens are likeliest
+    ("likeliest_class"), which needs them to be a raster prefix (the order the GPT reads them in)."""
+    cfg = model.cfg
+    if not cfg.num_classes:
+        return None, "none"
+    if cfg.masked:
+        return [cfg.num_classes], "null_class"
+    if not torch.equal(keep.cpu(), raster_prefix(tuple(keep.shape), int(keep.sum()))):
+        raise ValueError("a class is picked by the likelihood of kept tokens in raster order only")
+    wh, ww = cfg.window
+    return likeliest_classes(model, tokens, int(keep[:wh, :ww].sum())), "likeliest_class"

@@ -18,8 +18,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from utils.checkpoint import load_checkpoint_file
-from utils.errors import UserError
+from utils.core.checkpoint import load_checkpoint_file
+from utils.core.config import ConfigError, choices, num
 
 
 @dataclass
@@ -80,6 +80,34 @@ class GPTConfig:
     @property
     def null_class_token(self) -> int:
         return self.codebook_size + self.num_classes
+
+
+@dataclass
+class GPTSection:
+    """The `model` section of a stage-2 config: the transformer's size and kind. Its vocabulary and sequence length
+    come from the stage-1 model and the data (`config`)."""
+    kind: str = choices("gpt", "maskgit", default="gpt")  # gpt: autoregressive (the paper); maskgit: a bidirectional
+                                        # transformer trained on masked tokens, sampled by parallel decoding
+    n_layer: int = num(4, min=1)
+    n_head: int = num(4, min=1)
+    n_embd: int = num(256, min=1)
+    dropout: float = num(0.0, min=0, below=1)
+    window: list[int] = num(factory=list, min=1)  # [h, w] tokens per training crop; [] = the whole grid
+    class_conditional: bool = False
+
+    def check(self, where: str) -> None:
+        if self.window and len(self.window) != 2:
+            raise ConfigError(f"model.window must be [] (the whole grid) or [h, w] with h, w >= 1, got {self.window} "
+                              f"({where})")
+        if self.n_embd % self.n_head:
+            raise ConfigError(f"model.n_embd={self.n_embd} is not divisible by model.n_head={self.n_head} ({where})")
+
+    def config(self, codebook_size: int, grid: tuple[int, int], num_classes: int, cond_codebook_size: int) -> GPTConfig:
+        """The GPT over `codebook_size` codes of a `grid` of tokens (the window: model.window, or the whole grid),
+        with `num_classes` classes and the codes of a condition tokenizer."""
+        return GPTConfig(codebook_size=codebook_size, window=tuple(self.window) or grid, num_classes=num_classes,
+                         cond_codebook_size=cond_codebook_size, n_layer=self.n_layer, n_head=self.n_head,
+                         n_embd=self.n_embd, dropout=self.dropout, kind=self.kind)
 
 
 class KVCache:
@@ -156,8 +184,6 @@ class Block(nn.Module):
 class GPT(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
-        if cfg.n_embd % cfg.n_head:
-            raise UserError(f"model.n_embd={cfg.n_embd} must be divisible by model.n_head={cfg.n_head}")
         self.cfg = cfg
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.n_embd)
         self.pos_emb = nn.Embedding(cfg.block_size, cfg.n_embd)

@@ -9,9 +9,12 @@ import os
 from typing import NamedTuple, Optional
 
 from transformer.gpt import GPT
-from utils.checkpoint import file_sha256, load_checkpoint_file
-from utils.errors import UserError
+from utils.core.checkpoint import file_sha256, load_checkpoint_file
+from utils.core.errors import UserError
 from vqgan.model import VQGAN
+
+CONDITION_FACTOR = 4  # a low-resolution condition's default downsampling factor (data.condition_factor), also of the
+                      # records of stage-1 checkpoints written before they stored it
 
 
 def load_stage1(path: str, device="cpu", recorded: Optional[dict] = None) -> tuple[VQGAN, dict]:
@@ -34,7 +37,7 @@ def load_stage1(path: str, device="cpu", recorded: Optional[dict] = None) -> tup
     record = {"checkpoint": path, "sha256": sha, "model": vq.model_args,
               "data": {"image_size": vq.image_size, "channels": vq.channels, "tokenize": data.get("tokenize", "image"),
                        "condition": data.get("condition", "none"), "condition_classes": data.get("condition_classes", 0),
-                       "condition_factor": data.get("condition_factor", 4)}}
+                       "condition_factor": data.get("condition_factor", CONDITION_FACTOR)}}
     return vq, record
 
 

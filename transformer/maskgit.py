@@ -16,7 +16,9 @@ from typing import Optional, Sequence
 import torch
 
 from transformer.gpt import GPT
-from transformer.sampling import checked_grid, filter_logits, prefix_tokens
+from transformer.sampling import checked_grid, filter_logits
+from transformer.sequences import guided, mix_guidance, prefix_ids, sample_labels, window_seq, with_condition, \
+    with_null_class
 
 STEPS = 8                   # decoding rounds per window when none are given (MaskGIT uses 8 to 12)
 CHOICE_TEMPERATURE = 4.5    # the first round's confidence noise, annealed to 0 (MaskGIT's setting)
@@ -33,16 +35,11 @@ def window_origins(grid: tuple[int, int], window: tuple[int, int]) -> list[tuple
 def _logits(model: GPT, prefix: torch.Tensor, seq: torch.Tensor, cfg_scale: float) -> torch.Tensor:
     """prefix (B, P), seq (B, L) with [MASK]s -> (B, L, K) code logits, with classifier-free guidance against the
     null class when cfg_scale != 1 for a class-conditional model."""
-    guided = model.cfg.num_classes > 0 and cfg_scale != 1.0
-    if guided:  # the unconditional half: the null class in place of the class token (the prefix's last token)
-        null = prefix.clone()
-        null[:, -1] = model.cfg.null_class_token
-        prefix, seq = torch.cat([prefix, null]), torch.cat([seq, seq])
+    mixed = guided(model.cfg, cfg_scale)
+    if mixed:
+        prefix, seq = with_null_class(prefix, model.cfg), torch.cat([seq, seq])
     out = model(torch.cat([prefix, seq], 1))[0][:, -seq.shape[1]:].float()
-    if guided:
-        cond, uncond = out.chunk(2)
-        out = uncond + cfg_scale * (cond - uncond)
-    return out
+    return mix_guidance(out, cfg_scale) if mixed else out
 
 
 def decode_window(model: GPT, prefix: torch.Tensor, seq: torch.Tensor, known: torch.Tensor, steps: int,
@@ -91,21 +88,16 @@ def sample_masked(model: GPT, batch: int, grid: Optional[tuple[int, int]] = None
         raise ValueError("parallel decoding is for masked (maskgit) models; sample a GPT with transformer.sampling")
     window = wh, ww = model.cfg.window
     H, W = grid = checked_grid(model.cfg, grid, cond)
-    if steps < 1:
-        raise ValueError(f"steps must be at least 1, got {steps}")
     device = next(model.parameters()).device
     out = torch.zeros(batch, H, W, dtype=torch.long, device=device) if tokens is None else tokens.clone().to(device)
     known = torch.zeros(grid, dtype=torch.bool) if keep is None else keep.cpu().clone()
-    start = prefix_tokens(model, batch, classes, device)[:, None]  # (B, 1)
+    start = prefix_ids(sample_labels(model.cfg, batch, classes), model.cfg).to(device)[:, None]  # (B, 1)
     for top, left in window_origins(grid, window):
         inside = known[top:top + wh, left:left + ww]
         if inside.all():
             continue
-        prefix = start
-        if cond is not None:
-            prefix = torch.cat([cond[:, top:top + wh, left:left + ww].reshape(batch, -1).to(device)
-                                + model.cfg.cond_offset, start], 1)
-        seq = out[:, top:top + wh, left:left + ww].reshape(batch, -1)
+        prefix = with_condition(start, None if cond is None else window_seq(cond, top, left, window), model.cfg)
+        seq = window_seq(out, top, left, window)
         seq = decode_window(model, prefix, seq, inside.reshape(-1), steps, temperature, top_k, top_p, cfg_scale,
                             choice_temperature, generator)
         out[:, top:top + wh, left:left + ww] = seq.reshape(batch, wh, ww)

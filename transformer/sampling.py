@@ -11,6 +11,8 @@ from typing import Optional, Sequence
 import torch
 
 from transformer.gpt import GPT, KVCache
+from transformer.sequences import guided, mix_guidance, prefix_ids, sample_labels, window_seq, with_condition, \
+    with_null_class
 
 
 def filter_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: Optional[int] = None,
@@ -28,25 +30,12 @@ def filter_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: Optiona
     return logits.softmax(-1)
 
 
-def prefix_tokens(gpt: GPT, batch: int, classes: Optional[Sequence[int]], device) -> torch.Tensor:
-    """(B,) prefix ids: the start token, or one class token per sample (classes cycle when fewer than B)."""
-    cfg = gpt.cfg
-    if cfg.num_classes == 0:
-        if classes is not None:
-            raise ValueError("classes given to an unconditional model")
-        return torch.full((batch,), cfg.start_token, dtype=torch.long, device=device)
-    if classes is None:
-        classes = range(cfg.num_classes)
-    classes = list(classes)
-    return torch.tensor([cfg.class_token(classes[i % len(classes)]) for i in range(batch)], device=device)
-
-
 class _Stepper:
     """Next-token logits for B sequences, with classifier-free guidance by a doubled batch."""
 
     def __init__(self, gpt: GPT, batch: int, cfg_scale: float, use_cache: bool = True):
         self.gpt, self.cfg_scale, self.use_cache = gpt, cfg_scale, use_cache
-        self.guided = gpt.cfg.num_classes > 0 and cfg_scale != 1.0
+        self.guided = guided(gpt.cfg, cfg_scale)
         p = next(gpt.parameters())
         rows = 2 * batch if self.guided else batch
         self.cache = KVCache(gpt.cfg, rows, p.device, p.dtype) if use_cache else None
@@ -56,9 +45,8 @@ class _Stepper:
         """prefix: (B, P) what precedes the codes (a start or class token, after the window's condition codes for a
         conditional model); context: (B, p) the codes preceding the one to predict -> (B, K) logits for it.
         Continues the cache when it holds exactly these tokens but the last (same key), else refills it."""
-        if self.guided:  # the unconditional half: the null class instead of the class token
-            prefix = torch.cat([prefix, torch.full_like(prefix, self.gpt.cfg.null_class_token)])
-            context = torch.cat([context, context])
+        if self.guided:
+            prefix, context = with_null_class(prefix, self.gpt.cfg), torch.cat([context, context])
         seq = torch.cat([prefix, context], 1)  # (B', P+p)
         if not self.use_cache:
             out = self.gpt(seq)[0][:, -1]
@@ -67,10 +55,7 @@ class _Stepper:
         else:
             out = self.gpt.forward_cached(seq, self.cache, 0)
             self.key = key
-        if self.guided:
-            cond, uncond = out.chunk(2)
-            out = uncond + self.cfg_scale * (cond - uncond)
-        return out
+        return mix_guidance(out, self.cfg_scale) if self.guided else out
 
 
 def window_origin(i: int, j: int, grid: tuple[int, int], window: tuple[int, int]) -> tuple[int, int]:
@@ -123,7 +108,7 @@ def sample(gpt: GPT, batch: int, grid: Optional[tuple[int, int]] = None, classes
     device = next(gpt.parameters()).device
     out = torch.zeros(batch, H, W, dtype=torch.long, device=device) if tokens is None else tokens.clone().to(device)
     keep = torch.zeros(grid, dtype=torch.bool) if keep is None else keep.cpu()
-    start = prefix_tokens(gpt, batch, classes, device)[:, None]  # (B, 1)
+    start = prefix_ids(sample_labels(gpt.cfg, batch, classes), gpt.cfg).to(device)[:, None]  # (B, 1)
     step = _Stepper(gpt, batch, cfg_scale, use_cache)
     for pos in range(H * W):
         i, j = divmod(pos, W)
@@ -131,11 +116,8 @@ def sample(gpt: GPT, batch: int, grid: Optional[tuple[int, int]] = None, classes
             continue
         top, left = window_origin(i, j, grid, window)
         li, lj = i - top, j - left
-        ctx = out[:, top:top + wh, left:left + ww].reshape(batch, -1)[:, :li * ww + lj]  # (B, p) before (i, j)
-        prefix = start
-        if cond is not None:  # the window's condition codes, then the start token
-            prefix = torch.cat([cond[:, top:top + wh, left:left + ww].reshape(batch, -1).to(device)
-                                + gpt.cfg.cond_offset, start], 1)
+        ctx = window_seq(out, top, left, window)[:, :li * ww + lj]  # (B, p) before (i, j)
+        prefix = with_condition(start, None if cond is None else window_seq(cond, top, left, window), gpt.cfg)
         probs = filter_logits(step.logits(prefix, ctx, key=(top, left)), temperature, top_k, top_p)
         out[:, i, j] = torch.multinomial(probs, 1, generator=generator)[:, 0]
     return out

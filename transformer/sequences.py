@@ -1,6 +1,8 @@
-"""The training sequences of stage 2: windows cropped from the token grids, and the inputs built from them: for
-a GPT [the window's condition codes,] a start or class token, the codes but the last, with their corruptions;
-for a masked model the prefix and all the codes, a random share of them [MASK]ed by the cosine schedule."""
+"""The token layout of stage 2, for training and sampling alike: windows of the token grids, and the sequences built
+from them. A GPT reads [the window's condition codes,] a start or class token, the codes but the last (with their
+corruptions in training); a masked model the same prefix and all the codes, a random share of them [MASK]ed by the
+cosine schedule. Classifier-free guidance runs each sequence twice, with its class and with the null class, and
+mixes the two predictions. Both samplers and the training sequences build their prefixes here."""
 import math
 from typing import Optional
 
@@ -21,6 +23,48 @@ def crop_windows(window, generator, *grids: torch.Tensor) -> list[torch.Tensor]:
     rows = (top[:, None] + torch.arange(wh))[:, :, None]  # (B, wh, 1)
     cols = (left[:, None] + torch.arange(ww))[:, None, :]  # (B, 1, ww)
     return [g[torch.arange(B)[:, None, None], rows, cols].reshape(B, -1) for g in grids]  # (B, wh*ww) each
+
+
+def window_seq(grid: torch.Tensor, top: int, left: int, window) -> torch.Tensor:
+    """grid: (B, H, W) -> (B, wh*ww) the raster sequence of the window whose top-left corner is (top, left)."""
+    wh, ww = window
+    return grid[:, top:top + wh, left:left + ww].reshape(grid.shape[0], -1)
+
+
+def with_condition(inputs: torch.Tensor, cond: Optional[torch.Tensor], gcfg: GPTConfig) -> torch.Tensor:
+    """inputs: (B, T) -> (B, L + T) [cond as condition-token ids, inputs]; cond: (B, L) the window's condition codes,
+    or None (inputs unchanged)."""
+    return inputs if cond is None else torch.cat([cond.to(inputs.device) + gcfg.cond_offset, inputs], 1)
+
+
+def sample_labels(gcfg: GPTConfig, batch: int, classes=None) -> torch.Tensor:
+    """(B,) the classes of `batch` samples: `classes` cycled (None: every class in turn); -1 (none) for a model
+    without classes."""
+    if not gcfg.num_classes:
+        if classes is not None:
+            raise ValueError("classes given to an unconditional model")
+        return torch.full((batch,), -1, dtype=torch.long)
+    classes = list(range(gcfg.num_classes) if classes is None else classes)
+    return torch.tensor([classes[i % len(classes)] for i in range(batch)], dtype=torch.long)
+
+
+def guided(gcfg: GPTConfig, cfg_scale: float) -> bool:
+    """Whether sampling runs classifier-free guidance: a class-conditional model, a scale other than 1."""
+    return gcfg.num_classes > 0 and cfg_scale != 1.0
+
+
+def with_null_class(prefix: torch.Tensor, gcfg: GPTConfig) -> torch.Tensor:
+    """prefix: (B, P) -> (2B, P): the prefixes, then the same with the null class in place of the class token (the
+    last prefix token): the unconditional half of guidance."""
+    null = prefix.clone()
+    null[:, -1] = gcfg.null_class_token
+    return torch.cat([prefix, null])
+
+
+def mix_guidance(out: torch.Tensor, cfg_scale: float) -> torch.Tensor:
+    """out: (2B, ...) predictions with the class, then with the null class -> (B, ...) uncond + s (cond - uncond)."""
+    cond, uncond = out.chunk(2)
+    return uncond + cfg_scale * (cond - uncond)
 
 
 def prefix_ids(labels: torch.Tensor, gcfg: GPTConfig, class_dropout: float = 0.0, generator=None) -> torch.Tensor:
@@ -44,8 +88,7 @@ def make_inputs(seq: torch.Tensor, labels: torch.Tensor, gcfg: GPTConfig, pkeep:
     if pkeep < 1.0:
         keep = torch.rand(body.shape, generator=generator) < pkeep
         body = torch.where(keep, body, torch.randint_like(body, gcfg.codebook_size, generator=generator))
-    inputs = torch.cat([prefix[:, None], body], 1)
-    return inputs if cond is None else torch.cat([cond + gcfg.cond_offset, inputs], 1)
+    return with_condition(torch.cat([prefix[:, None], body], 1), cond, gcfg)
 
 
 def mask_ratio(r: torch.Tensor) -> torch.Tensor:
@@ -66,7 +109,7 @@ def masked_inputs(seq: torch.Tensor, labels: torch.Tensor, gcfg: GPTConfig, clas
     masked = rank < n[:, None]  # (B, L)
     inputs = torch.cat([prefix[:, None], seq.masked_fill(masked, gcfg.mask_token)], 1)
     targets = seq.masked_fill(~masked, -100)
-    return (inputs if cond is None else torch.cat([cond + gcfg.cond_offset, inputs], 1)), targets
+    return with_condition(inputs, cond, gcfg), targets
 
 
 def training_pair(seq: torch.Tensor, labels: torch.Tensor, gcfg: GPTConfig, pkeep: float = 1.0,

@@ -14,35 +14,24 @@ import os
 import torch
 from torch.utils.data import DataLoader
 
-from utils.checkpoint import save_atomic
-from utils.errors import UserError
+from utils.core.checkpoint import save_atomic
+from utils.core.errors import UserError
 
 
 def _digest(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:8]
 
 
-def dataset_key(data, seed: int, datasets) -> str:
-    """'{dataset}-{settings}-{files}': the dataset kind, a hash of every setting that changes its images or labels,
-    and a hash of the files `datasets` were read from (path, size, modification time; cheap, no file is read)."""
-    settings = {"dataset": data.dataset, "image_size": data.image_size, "channels": data.channels,
-                "labels": data.labels}
-    if data.condition != "none":
-        settings.update(condition=data.condition, condition_root=data.condition_root and
-                        os.path.abspath(data.condition_root), condition_factor=data.condition_factor,
-                        condition_classes=data.condition_classes)
-    if data.dataset == "shapes":
-        settings.update(num_train=data.num_train, num_val=data.num_val, seed=seed)
-    else:
-        settings.update(root=os.path.abspath(data.root))
-    if data.dataset == "folder":
-        settings.update(val_root=data.val_root and os.path.abspath(data.val_root), val_fraction=data.val_fraction)
+def dataset_key(name: str, settings: dict, datasets) -> str:
+    """'{name}-{settings}-{files}': the dataset kind, a hash of `settings` (every setting that changes its images or
+    labels: utils.data.registry.cache_settings) and a hash of the files `datasets` were read from (path, size,
+    modification time; cheap, no file is read)."""
     files = []
     for ds in datasets:
         for path in getattr(ds, "sources", ()):
             st = os.stat(path)
             files.append([os.path.abspath(path), st.st_size, st.st_mtime_ns])
-    return f"{data.dataset}-{_digest(settings)}-{_digest(sorted(files))}"
+    return f"{name}-{_digest(settings)}-{_digest(sorted(files))}"
 
 
 def cache_path(cache_dir: str, tokenizer_shas: list[str], key: str, split: str) -> str:

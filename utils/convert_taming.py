@@ -12,10 +12,10 @@ import warnings
 import torch
 import yaml
 
-from utils.checkpoint import FORMAT, save_atomic
-from utils.config import ConfigError, load_config, to_dict
-from utils.stage1_config import Stage1Config
-from utils.errors import UserError, command
+from utils.core.checkpoint import FORMAT, save_atomic
+from utils.core.config import ConfigError, load_config, to_dict
+from utils.train.stage1_config import Stage1Config
+from utils.core.errors import UserError, command
 from vqgan.discriminator import PatchDiscriminator
 from vqgan.model import VQGAN
 

@@ -9,11 +9,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from utils.config import check_option
-from utils.folder import FolderDataset, list_images
-from utils.distributed import DistInfo, select_device
-from utils.errors import command
-from utils.metrics import psnr, ssim
+from utils.core.config import check_option
+from utils.core.distributed import DistInfo, select_device
+from utils.core.errors import command
+from utils.data.folder import FolderDataset, list_images
+from utils.eval.reconstruction import ReconstructionScores
 from vqgan.model import VQGAN
 
 
@@ -25,23 +25,19 @@ def reconstruct(checkpoint: str, images: str, out: str, batch_size: int = 16, de
     model = VQGAN.from_checkpoint(checkpoint, map_location="cpu").to(device)
     data = FolderDataset(list_images(images), model.image_size, model.channels, train=False)
     os.makedirs(out, exist_ok=True)
-    p_sum = s_sum = 0.0
-    used = torch.zeros(model.codebook.codebook_size, dtype=torch.bool)
+    scores = ReconstructionScores(model.codebook.codebook_size, device)
     for start in range(0, len(data), batch_size):
         idx = range(start, min(len(data), start + batch_size))
         x = torch.stack([data[i][0] for i in idx]).to(device)
         codes = model.encode_to_indices(x)
         x_rec = model.decode_indices(codes).clamp(-1, 1)
-        a, b = (x + 1) / 2, (x_rec + 1) / 2
-        p_sum += psnr(a, b).sum().item()
-        s_sum += ssim(a, b).sum().item()
-        used[codes.flatten().unique().cpu()] = True
-        for i, img in zip(idx, b):
+        scores.update(x, x_rec, codes)
+        for i, img in zip(idx, (x_rec + 1) / 2):
             arr = (img.permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)  # (H, W, C)
             name = os.path.splitext(os.path.relpath(data.files[i], images))[0].replace(os.sep, "_") + ".png"
             Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr).save(os.path.join(out, name))
-    n = len(data)
-    return {"images": n, "psnr": p_sum / n, "ssim": s_sum / n, "codes_used": int(used.sum()),
+    r = scores.result()
+    return {"images": len(data), "psnr": r["psnr"], "ssim": r["ssim"], "codes_used": int((scores.counts > 0).sum()),
             "codebook_size": model.codebook.codebook_size}
 
 

@@ -1,4 +1,4 @@
-"""Score a transformer's samples with judges trained on real images (utils/classifier.py; trained once, cached).
+"""Score a transformer's samples with judges trained on real images (utils/eval/classifier.py; trained once, cached).
 
     python -m utils.sample_eval RUN_DIR [--per-class 300] [--seed 0] [--cfg-scale S] [--top-p P] [--top-k K]
                                         [--temperature T] [--steps S] [--choice-temperature C] [--device D]
@@ -11,7 +11,7 @@ images; on the stage-1 reconstructions of real validation images (the ceiling a 
 and the Fréchet distance between samples and real validation images in the classifier's feature space, beside the
 same distance for real training images (the floor).
 A conditional model (shapes masks, Fashion-MNIST or MNIST low resolution): --held-out validation maps, one sample
-each, scored as utils/cond_eval.py says. --complete: also completions of --held-out validation images' bottom
+each, scored as utils/eval/cond_eval.py says. --complete: also completions of --held-out validation images' bottom
 halves; --inpaint (masked models): also the re-sampling of their centre 4x4 tokens. Writes
 RUN_DIR/sample_eval.json.
 """
@@ -22,18 +22,18 @@ import os
 
 import torch
 
+from transformer.draw import draw
 from transformer.loading import load_transformer
-from transformer.draw import draw, sample_options
 from transformer.sampling import decode_images
-from utils.classifier import classify, load_or_train
-from utils.cond_eval import evaluate_completion, evaluate_inpainting, evaluate_segmentation, evaluate_superres
-from utils.config import check_option, load_config
-from utils.data import build_datasets
-from utils.distributed import DistInfo, select_device
-from utils.errors import UserError, command
-from utils.metrics import FeatureStats, frechet_distance
-from utils.runlog import setup_logging
-from utils.stage2_config import Stage2Config
+from utils.core.config import check_option, load_config
+from utils.core.distributed import DistInfo, select_device
+from utils.core.errors import UserError, command
+from utils.core.runlog import setup_logging
+from utils.data.registry import build_datasets, dataset_spec
+from utils.eval.classifier import classify, load_or_train
+from utils.eval.cond_eval import evaluate_completion, evaluate_inpainting, evaluate_segmentation, evaluate_superres
+from utils.eval.metrics import FeatureStats, frechet_distance
+from utils.train.stage2_config import Stage2Config
 
 
 def fd(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -56,36 +56,35 @@ def evaluate(run_dir: str, per_class: int = 300, seed: int = 0, options: dict = 
     dev = select_device(device, DistInfo(), "--device ")
     model = load_transformer(ckpt_path, dev)
     cfg = load_config(Stage2Config, base=model.ckpt["config"], base_name=f"checkpoint '{ckpt_path}'")
-    sc = cfg.sample
-    options = options or {}
-    if not model.gpt.cfg.masked and any(options.get(k) is not None for k in ("steps", "choice_temperature")):
-        raise UserError("--steps and --choice-temperature are for masked (maskgit) models; this run is a GPT")
-    opts = sample_options(sc, model.gpt, **options)
+    settings = cfg.sample.with_options(model.gpt, **(options or {}))
     g = torch.Generator(dev).manual_seed(seed)
     cache = os.path.join(cfg.run.out_dir, "cache")
-    kind = cfg.data.condition
-    if kind in ("segmentation", "lowres") and cfg.data.dataset in ("shapes", "mnist", "fashion_mnist"):
-        score = evaluate_segmentation if kind == "segmentation" else evaluate_superres
-        out = {"run": run_dir, "sampling": opts, "seed": seed, kind: score(model, cfg, cache, held_out, g, opts, log)}
+    kind, spec = cfg.data.condition, dataset_spec(cfg.data.dataset)
+    score = evaluate_segmentation if kind == "segmentation" and spec.segmenter_data else \
+        evaluate_superres if kind == "lowres" and spec.judge else None
+    sampling = settings.described(model.gpt)
+    if score is not None:
+        out = {"run": run_dir, "sampling": sampling, "seed": seed,
+               kind: score(model, cfg, cache, held_out, g, settings, log)}
     elif model.gpt.cfg.num_classes:
-        out = class_scores(model, cfg, per_class, g, opts, log, recon, batch, dev)
+        out = class_scores(model, cfg, per_class, g, settings, log, recon, batch, dev)
         out.update(run=run_dir, seed=seed)
     elif not (complete or inpaint):
         raise UserError(f"'{ckpt_path}': nothing to score here (an unconditional model, or a condition without a "
                         "score); --complete scores completions of any model")
     else:
-        out = {"run": run_dir, "sampling": opts, "seed": seed}
+        out = {"run": run_dir, "sampling": sampling, "seed": seed}
     if complete:
-        out["completion"] = evaluate_completion(model, cfg, cache, held_out, g, opts, log)
+        out["completion"] = evaluate_completion(model, cfg, cache, held_out, g, settings, log)
     if inpaint:
         if not model.gpt.cfg.masked:
             raise UserError(f"'{ckpt_path}' is a GPT: --inpaint scores the free-form inpainting of masked "
                             "(model.kind=maskgit) models")
-        out["inpainting"] = evaluate_inpainting(model, cfg, cache, held_out, g, opts, log)
+        out["inpainting"] = evaluate_inpainting(model, cfg, cache, held_out, g, settings, log)
     return out
 
 
-def class_scores(model, cfg, per_class, g, opts, log, recon, batch, dev) -> dict:
+def class_scores(model, cfg, per_class, g, settings, log, recon, batch, dev) -> dict:
     gpt, vq = model.gpt, model.vq
     nc = gpt.cfg.num_classes
     clf, info = load_or_train(cfg.data.dataset, cfg.data, os.path.join(cfg.run.out_dir, "cache"), log)
@@ -94,12 +93,12 @@ def class_scores(model, cfg, per_class, g, opts, log, recon, batch, dev) -> dict
     for c in range(nc):
         for s in range(0, per_class, batch):
             n = min(batch, per_class - s)
-            images.append(decode_images(vq, draw(gpt, n, classes=[c], generator=g, **opts)))
+            images.append(decode_images(vq, draw(gpt, n, settings, classes=[c], generator=g)))
             wanted += [c] * n
     x = torch.cat(images) * 2 - 1  # (N, C, H, W) in [-1, 1]
     wanted = torch.tensor(wanted)
     pred, feats = classify(clf, x)
-    out = {"samples_per_class": per_class, "sampling": opts,
+    out = {"samples_per_class": per_class, "sampling": settings.described(gpt),
            "classifier_held_out_accuracy": info["held_out_accuracy"], "classifier_held_out": info["held_out"],
            "accuracy": (pred == wanted).float().mean().item(), "per_class": {}}
     for c in range(nc):
@@ -177,11 +176,6 @@ def main(argv=None) -> None:
     p.add_argument("--held-out", type=int, default=500, help="images for the conditional and completion scores")
     args = p.parse_args(argv)
     check_option("--per-class", args.per_class, min=1)
-    for name, value, bounds in (("--temperature", args.temperature, dict(above=0)), ("--top-k", args.top_k, dict(min=1)),
-                                ("--top-p", args.top_p, dict(above=0, max=1)), ("--cfg-scale", args.cfg_scale, dict(min=0)),
-                                ("--steps", args.steps, dict(min=1)),
-                                ("--choice-temperature", args.choice_temperature, dict(min=0))):
-        check_option(name, value, **bounds)
     options = dict(cfg_scale=args.cfg_scale, top_p=args.top_p, top_k=args.top_k, temperature=args.temperature,
                    steps=args.steps, choice_temperature=args.choice_temperature)
     check_option("--held-out", args.held_out, min=1)

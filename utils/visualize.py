@@ -16,15 +16,15 @@ import torch
 from PIL import Image, ImageDraw
 from torchvision.utils import make_grid, save_image
 
+from transformer.draw import completion_classes, draw
 from transformer.loading import load_transformer
-from transformer.draw import draw, sample_options
 from transformer.sampling import centre_keep, decode_images, raster_prefix
-from utils.conditions import as_picture
-from utils.config import check_option, load_config
-from utils.data import build_datasets
-from utils.errors import UserError, command
-from utils.stage1_config import Stage1Config
-from utils.stage2_config import Stage2Config
+from utils.core.config import check_option, load_config
+from utils.core.errors import UserError, command
+from utils.data.conditions import as_picture
+from utils.data.registry import build_datasets
+from utils.train.stage1_config import Stage1Config
+from utils.train.stage2_config import Stage2Config
 from vqgan.model import VQGAN
 
 
@@ -85,13 +85,11 @@ def stage1_figures(run_dir: str, ckpt_path: str, out: str, num: int, scale: int 
 def stage2_figures(ckpt_path: str, out: str, num: int, seed: int, scale: int = 1) -> list[str]:
     gpt, vq, cond_vq, ckpt = load_transformer(ckpt_path)
     cfg = load_config(Stage2Config, base=ckpt["config"])
-    sc = cfg.sample
-    options = sample_options(sc, gpt)
 
     def drawn(n, grid=None, classes=None, tokens=None, keep=None, cond=None, again=0):
         g = torch.Generator().manual_seed(seed + again)
-        return decode_images(vq, draw(gpt, n, grid, classes, tokens=tokens, keep=keep, cond=cond, generator=g,
-                                      **options))
+        return decode_images(vq, draw(gpt, n, cfg.sample, grid, classes, tokens=tokens, keep=keep, cond=cond,
+                                      generator=g))
 
     window, grid = gpt.cfg.window, tuple(ckpt["grid"])
     nc = gpt.cfg.num_classes
@@ -122,7 +120,7 @@ def stage2_figures(ckpt_path: str, out: str, num: int, seed: int, scale: int = 1
             f = vq.cfg.downsample_factor
             holed = shown.clone()
             holed[:, :, ~keep.repeat_interleave(f, 0).repeat_interleave(f, 1)] = 0.5  # the re-sampled region in grey
-            done = drawn(k, grid, [nc] * k if nc else None, tokens=real, keep=keep)
+            done = drawn(k, grid, completion_classes(gpt, real, keep)[0], tokens=real, keep=keep)
             paths.append(os.path.join(out, "inpainting.png"))
             save_grid(torch.cat([shown, holed, done]), paths[-1], nrow=k, scale=scale)
     else:

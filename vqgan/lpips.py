@@ -11,7 +11,7 @@ import warnings
 import torch
 import torch.nn as nn
 
-from utils.errors import UserError
+from utils.core.errors import UserError
 
 # VGG16 "D" feature stack; LPIPS taps relu1_2, relu2_2, relu3_3, relu4_3, relu5_3 (after conv 2, 4, 7, 10, 13)
 _VGG16 = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512]

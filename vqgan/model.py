@@ -10,9 +10,9 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
-from utils.checkpoint import load_checkpoint_file
-from utils.config import choices, num
-from utils.errors import UserError
+from utils.core.checkpoint import load_checkpoint_file
+from utils.core.config import ConfigError, choices, num
+from utils.core.errors import UserError
 from vqgan.codebook import Codebook
 from vqgan.decoder import Decoder
 from vqgan.encoder import Encoder
@@ -31,15 +31,41 @@ class VQGANConfig:
     attn_resolutions: list[int] = num(factory=lambda: [8], min=1)  # feature-map sides with attention
     z_channels: int = num(64, min=1)
     dropout: float = num(0.0, min=0, below=1)
-    codebook_size: int = num(1024, min=2)             # number of codes
-    codebook_dim: int = num(8, min=1)                 # code vector size (official: embed_dim)
+    codebook_size: Optional[int] = num(None, min=2)   # number of codes; null: 1024 (vq), the levels' product (fsq)
+    codebook_dim: Optional[int] = num(None, min=1)    # code vector size (official: embed_dim); null: 8 (vq), the
+                                                      # number of levels (fsq)
     codebook_l2_norm: bool = True                     # cosine lookup on unit-norm codes
     codebook_beta: float = num(0.25, min=0)           # weight of the commitment term
     codebook_restart_after: int = num(100, min=0)     # restart codes unused this many steps; 0 = never
     quantizer: str = choices("vq", "fsq", default="vq")  # vq: a learnt codebook (the paper); fsq: finite scalar
                                                       # quantization (vqgan/fsq.py), no codebook, no codebook loss
-    fsq_levels: list[int] = num(factory=list, min=2)  # fsq: levels per latent channel; codebook_size must be their
-                                                      # product and codebook_dim their count
+    fsq_levels: list[int] = num(factory=list, min=2)  # fsq: levels per latent channel, which make
+                                                      # codebook_size (their product) and codebook_dim (their count)
+
+    def check(self, where: str) -> None:
+        """The model section's own rules; codebook_size and codebook_dim left null are derived (a value given must
+        agree with the one derived)."""
+        if self.quantizer == "fsq":
+            if not self.fsq_levels:
+                raise ConfigError(f"model.quantizer=fsq needs model.fsq_levels, e.g. [8, 5, 5, 5] for 1000 codes "
+                                  f"({where})")
+            n, dim = math.prod(self.fsq_levels), len(self.fsq_levels)
+            if self.codebook_size not in (None, n) or self.codebook_dim not in (None, dim):
+                raise ConfigError(f"model.fsq_levels={self.fsq_levels} make {n} codes of dimension {dim}, but "
+                                  f"model.codebook_size={self.codebook_size} and model.codebook_dim="
+                                  f"{self.codebook_dim} ({where}); leave them out, or set model.codebook_size={n} "
+                                  f"model.codebook_dim={dim}")
+        elif self.fsq_levels:
+            raise ConfigError(f"model.fsq_levels={self.fsq_levels} is for model.quantizer=fsq, this model's is "
+                              f"{self.quantizer} ({where})")
+        else:
+            n, dim = 1024, 8
+        self.codebook_size = n if self.codebook_size is None else self.codebook_size
+        self.codebook_dim = dim if self.codebook_dim is None else self.codebook_dim
+        for c in [self.ch * k for k in self.ch_mult] + [self.z_channels]:
+            if c % 32:
+                raise ConfigError(f"model.ch x model.ch_mult and model.z_channels must be multiples of 32 "
+                                  f"(GroupNorm with 32 groups), got {c} ({where})")
 
     @property
     def downsample_factor(self) -> int:
@@ -49,8 +75,9 @@ class VQGANConfig:
 class VQGAN(nn.Module):
     def __init__(self, cfg: VQGANConfig):
         super().__init__()
-        if cfg.image_size is None or cfg.channels is None:
-            raise ValueError("VQGANConfig.image_size and .channels must be set")
+        if None in (cfg.image_size, cfg.channels, cfg.codebook_size, cfg.codebook_dim):
+            raise ValueError("VQGANConfig.image_size, .channels, .codebook_size and .codebook_dim must be set (a "
+                             "config's model section gets them from VQGANConfig.check and the data)")
         self.cfg, self.image_size, self.channels = cfg, cfg.image_size, cfg.channels
         arch = dict(ch=cfg.ch, ch_mult=cfg.ch_mult, num_res_blocks=cfg.num_res_blocks, dropout=cfg.dropout,
                     attn_resolutions=cfg.attn_resolutions, z_channels=cfg.z_channels, resolution=cfg.image_size)
@@ -59,9 +86,6 @@ class VQGAN(nn.Module):
         self.quant_conv = nn.Conv2d(cfg.z_channels, cfg.codebook_dim, 1)
         self.post_quant_conv = nn.Conv2d(cfg.codebook_dim, cfg.z_channels, 1)
         if cfg.quantizer == "fsq":
-            if cfg.codebook_size != math.prod(cfg.fsq_levels) or cfg.codebook_dim != len(cfg.fsq_levels):
-                raise ValueError(f"FSQ levels {cfg.fsq_levels} make {math.prod(cfg.fsq_levels)} codes of dimension "
-                                 f"{len(cfg.fsq_levels)}, not {cfg.codebook_size} of {cfg.codebook_dim}")
             self.codebook = FSQ(cfg.fsq_levels)
         else:
             self.codebook = Codebook(cfg.codebook_size, cfg.codebook_dim, beta=cfg.codebook_beta,

@@ -12,8 +12,8 @@ from utils.benchmark.precision import bench_bf16
 from utils.benchmark.quality import bench_time_to_quality
 from utils.benchmark.stage1 import bench_flops, bench_stage1
 from utils.benchmark.stage2 import bench_sampling, bench_stage2
-from utils.errors import UserError, command
-from utils.precision import autocast_context
+from utils.core.errors import UserError, command
+from utils.core.precision import autocast_context
 
 # name -> runner(device, quick, autocast context) -> a dict with at least `median_ms` (or what the row holds instead)
 RUNNERS = {

@@ -7,9 +7,9 @@ import torch
 
 from transformer.gpt import GPT, GPTConfig
 from utils.benchmark.harness import ROOT, alternate
-from utils.config import load_config
-from utils.precision import autocast_context
-from utils.stage1_config import Stage1Config
+from utils.core.config import load_config
+from utils.core.precision import autocast_context
+from utils.train.stage1_config import Stage1Config
 from vqgan.losses import LossWeights, generator_backward
 from vqgan.model import VQGAN
 
@@ -27,7 +27,7 @@ def bench_bf16(device, quick: bool, model: str) -> dict:
         def loss_of(ctx):
             with ctx:
                 x_rec, vq_loss, _ = net(x)
-            generator_backward(x, x_rec, vq_loss, net.decoder.last_layer, weights, None, None, 1.0, ctx)
+            generator_backward(x, x_rec, vq_loss, net.decoder.last_layer, weights, autocast=ctx)
         what = f"shapes VQGAN training step, batch {x.shape[0]}"
     else:
         net = GPT(GPTConfig(codebook_size=128, window=(8, 8), num_classes=5, n_layer=4, n_head=4, n_embd=128)).to(device)

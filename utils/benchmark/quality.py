@@ -16,14 +16,13 @@ import torch
 
 from utils.benchmark.harness import ROOT
 from utils.benchmark.official import official_autoencoder, official_available
-from utils.config import load_config
-from utils.data import build_datasets
-from utils.errors import UserError
-from utils.loop import clip_gradients, optimizer_step, set_lr
-from utils.metrics import psnr, ssim
-from utils.precision import autocast_context, resolve_precision
-from utils.stage1_config import Stage1Config
-from vqgan.codebook import usage_from_counts
+from utils.core.config import load_config
+from utils.core.errors import UserError
+from utils.core.precision import autocast_context, resolve_precision
+from utils.data.registry import build_datasets
+from utils.eval.reconstruction import ReconstructionScores
+from utils.train.loop import clip_gradients, optimizer_step, set_lr
+from utils.train.stage1_config import Stage1Config
 from vqgan.losses import LossWeights, generator_backward
 from vqgan.model import VQGAN
 
@@ -44,17 +43,13 @@ def fashion_batches(root: str, steps: int, batch: int, n_eval: int, seed: int = 
 @torch.no_grad()
 def score(reconstruct, x_eval: torch.Tensor, K: int, batch: int = 250) -> dict:
     """reconstruct(x) -> (x_rec, indices); PSNR and SSIM on [0, 1] images, codebook usage and perplexity."""
-    p, s, counts = [], [], torch.zeros(K)
+    scores = ReconstructionScores(K)
     for i in range(0, len(x_eval), batch):
         x = x_eval[i:i + batch]
         x_rec, idx = reconstruct(x)
-        a, b = (x + 1) / 2, (x_rec.float().clamp(-1, 1) + 1) / 2
-        p.append(psnr(a, b))
-        s.append(ssim(a, b))
-        counts += torch.bincount(idx.reshape(-1).cpu(), minlength=K).float()
-    used, ppl = usage_from_counts(counts)
-    return {"psnr": torch.cat(p).mean().item(), "ssim": torch.cat(s).mean().item(), "codebook_usage": used,
-            "perplexity": ppl}
+        scores.update(x, x_rec.float().clamp(-1, 1), idx.cpu())
+    r = scores.result()
+    return {k: r[k] for k in ("psnr", "ssim", "codebook_usage", "perplexity")}
 
 
 def train_official(x_train, x_eval, steps: int, batch: int, device) -> dict:

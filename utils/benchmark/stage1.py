@@ -37,7 +37,7 @@ def our_step_fn(model, disc, lpips, x, gan: bool, ctx, lr=1e-4):
     def step():
         with ctx:
             x_rec, vq_loss, _ = model(x)
-        generator_backward(x, x_rec, vq_loss, last, weights, lpips, disc if gan else None, 1.0, ctx)
+        generator_backward(x, x_rec, vq_loss, last, weights, lpips=lpips, disc=disc if gan else None, autocast=ctx)
         if gan:
             with ctx:
                 d = discriminator_loss(disc, x, x_rec)

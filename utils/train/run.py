@@ -1,6 +1,6 @@
 """What both training scripts do around their loops, as plain functions: the command line and config (with
 --resume, or train.init_from for a new run from other weights), device and precision, the run folder, and
-checkpoints (save and restore). What happens inside the loops is utils/loop.py; each script keeps its own loop,
+checkpoints (save and restore). What happens inside the loops is utils/train/loop.py; each script keeps its own loop,
 top to bottom."""
 import argparse
 import logging
@@ -11,13 +11,13 @@ from typing import Any, Optional
 
 import torch
 
-from utils.checkpoint import FORMAT, load_checkpoint_file, save_run_checkpoint
-from utils.config import dump_yaml, load_config, to_dict
-from utils.distributed import (DistInfo, cleanup, gather_rng_states, init_distributed,
+from utils.core.checkpoint import FORMAT, load_checkpoint_file, save_run_checkpoint
+from utils.core.config import dump_yaml, load_config, to_dict
+from utils.core.distributed import (DistInfo, cleanup, gather_rng_states, init_distributed,
                                restore_rng_states, select_device)
-from utils.errors import UserError, command
-from utils.precision import resolve_precision
-from utils.runlog import setup_logging
+from utils.core.errors import UserError, command
+from utils.core.precision import resolve_precision
+from utils.core.runlog import setup_logging
 
 
 @dataclass

@@ -1,5 +1,6 @@
 """Image folders: the readable images of a tree, labels from its first-level subfolders, condition maps from a
 parallel tree, and the dataset that crops and flips an image and its map alike."""
+import logging
 import os
 import warnings
 
@@ -7,8 +8,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from utils.errors import UserError
-from utils.images import IMAGE_EXTENSIONS, ImageDataset, item_generator, to_tensor
+from utils.core.errors import UserError
+from utils.data.images import IMAGE_EXTENSIONS, ImageDataset, item_generator, to_tensor
+from utils.data.spec import DatasetSpec, root_settings
 
 
 def list_images(root: str) -> list[str]:
@@ -135,3 +137,50 @@ class FolderDataset(ImageDataset):
             raw = torch.from_numpy(np.asarray(m, dtype=np.int64)) if classes else to_tensor(np.asarray(m), self.channels)
             raw = raw.flip(-1) if flip else raw
         return self.item(x.flip(-1) if flip else x, raw, self.labels[k])
+
+
+def build(data, seed: int, augment: bool, cond, view: str):
+    """(train, val) from the tree at data.root: val from data.val_root, or a deterministic data.val_fraction of the
+    files; labels from the first-level subfolders with data.labels=subfolders; maps from data.condition_root."""
+    size, ch = data.image_size, data.channels
+    files = list_images(data.root)
+    classes, labels, val_labels, maps, val_maps = None, None, None, None, None
+    if data.labels == "subfolders":
+        classes, files, labels = subfolder_labels(data.root, files)
+        logging.getLogger("vqgan").info(f"{len(classes)} classes from the subfolders of '{data.root}': "
+                                        + ", ".join(f"{i} {c}" for i, c in enumerate(classes)))
+    if cond is not None and cond.kind in ("segmentation", "paired"):
+        kept, maps = paired_maps(data.root, files, data.condition_root)
+        if labels is not None:
+            labels = [lab for f, lab in zip(files, labels) if f in set(kept)]
+        files = kept
+    if data.val_root:
+        val_files = list_images(data.val_root)
+        if classes is not None:
+            _, val_files, val_labels = subfolder_labels(data.val_root, val_files, classes)
+        if maps is not None:
+            kept, val_maps = paired_maps(data.val_root, val_files, data.condition_root)
+            if val_labels is not None:
+                val_labels = [lab for f, lab in zip(val_files, val_labels) if f in set(kept)]
+            val_files = kept
+    else:
+        # a deterministic held-out set: every file whose position in a seeded shuffle falls in the fraction
+        order = np.random.default_rng(12345).permutation(len(files))
+        n_val = max(1, int(round(len(files) * data.val_fraction)))
+        if n_val >= len(files):
+            raise UserError(f"'{data.root}' has {len(files)} image(s): too few to hold out a validation set; "
+                            "add images or set data.val_root")
+        held, kept = sorted(order[:n_val]), sorted(order[n_val:])
+
+        def pick(xs, idx):
+            return None if xs is None else [xs[i] for i in idx]
+        val_files, val_labels, val_maps = pick(files, held), pick(labels, held), pick(maps, held)
+        files, labels, maps = pick(files, kept), pick(labels, kept), pick(maps, kept)
+    common = dict(class_names=classes, condition=cond, view=view)
+    return (FolderDataset(files, size, ch, augment, seed, labels, maps=maps, **common),
+            FolderDataset(val_files, size, ch, False, seed, val_labels, maps=val_maps, **common))
+
+
+SPEC = DatasetSpec("folder", build, lambda data, seed: {**root_settings(data, seed), "val_fraction": data.val_fraction,
+                                                         "val_root": data.val_root and os.path.abspath(data.val_root)},
+                   map_root=True, subfolder_labels=True)

@@ -1,5 +1,5 @@
 """YAML configs mapped onto nested dataclasses, with dotted command-line overrides: the machinery only
-(the schemas are `utils/stage1_config.py` and `utils/stage2_config.py`).
+(the schemas are `utils/train/stage1_config.py` and `utils/train/stage2_config.py`).
 
     cfg = load_config(Stage1Config, "configs/shapes_vqgan.yaml", ["train.max_steps=200", "model.ch_mult=[1,2,2]"])
 
@@ -17,7 +17,7 @@ from typing import Any, Optional
 
 import yaml
 
-from utils.errors import UserError
+from utils.core.errors import UserError
 
 
 class ConfigError(UserError):

@@ -3,8 +3,9 @@ their statistics gathered across processes, and the Fréchet distance."""
 import torch
 import torch.nn.functional as F
 
-from utils.distributed import all_reduce_sum
-from utils.errors import UserError
+from utils.core.distributed import all_reduce_sum
+from utils.core.errors import UserError
+from vqgan.losses import IGNORE
 
 
 def psnr(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -103,7 +104,7 @@ class ClassMapScores:
     """Pixel accuracy and mean IoU of predicted class maps against target maps (IGNORE pixels left out), summed over
     batches and across processes; the mean IoU over the classes present in the targets."""
 
-    def __init__(self, classes: int, device=None, ignore: int = 255):
+    def __init__(self, classes: int, device=None, ignore: int = IGNORE):
         self.ignore = ignore
         self.counts = torch.zeros(3, classes, dtype=torch.float64, device=device)  # intersection, union, present
 

@@ -6,7 +6,7 @@ import tempfile
 
 import torch
 
-from utils.errors import UserError
+from utils.core.errors import UserError
 
 FORMAT = 1
 

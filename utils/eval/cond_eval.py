@@ -8,12 +8,12 @@
 import torch
 import torch.nn.functional as F
 
-from transformer.draw import draw
-from transformer.sampling import centre_keep, decode_images, likeliest_classes, raster_prefix
-from utils.classifier import classify, iou, load_or_train, load_or_train_segmenter
-from utils.conditions import downsample, upsample
-from utils.data import build_datasets
-from utils.metrics import psnr
+from transformer.draw import completion_classes, draw
+from transformer.sampling import centre_keep, decode_images, raster_prefix
+from utils.data.conditions import downsample, upsample
+from utils.data.registry import build_datasets
+from utils.eval.classifier import classify, iou, load_or_train, load_or_train_segmenter
+from utils.eval.metrics import psnr
 
 
 def _batches(n: int, batch: int):
@@ -36,17 +36,17 @@ def gradient_magnitude(x: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def evaluate_segmentation(model, cfg, cache_dir: str, n: int, generator, options: dict, log, batch=100) -> dict:
+def evaluate_segmentation(model, cfg, cache_dir: str, n: int, generator, settings, log, batch=100) -> dict:
     gpt, vq, cond_vq, _ = model
     x, labels, maps = _held_out(cfg, n)
-    segmenter, seg_info = load_or_train_segmenter(cfg.data.image_size, cache_dir, log)
+    segmenter, seg_info = load_or_train_segmenter(cfg.data, cache_dir, log)
     clf, clf_info = load_or_train("shapes", cfg.data, cache_dir, log)
     device = next(gpt.parameters()).device
     shape = maps.argmax(1) > 0  # the mask's shape pixels (class 0 is the background)
     images = []
     for b in _batches(len(x), batch):
         cond = cond_vq.encode_to_indices(maps[b].to(device))
-        images.append(decode_images(vq, draw(gpt, len(cond), cond=cond, generator=generator, **options)) * 2 - 1)
+        images.append(decode_images(vq, draw(gpt, len(cond), settings, cond=cond, generator=generator)) * 2 - 1)
     y = torch.cat(images)
     drawn = torch.cat([segmenter(t) > 0 for t in y.split(500)])
     real = torch.cat([segmenter(t) > 0 for t in x.split(500)])
@@ -58,7 +58,7 @@ def evaluate_segmentation(model, cfg, cache_dir: str, n: int, generator, options
 
 
 @torch.no_grad()
-def evaluate_superres(model, cfg, cache_dir: str, n: int, generator, options: dict, log, batch=100) -> dict:
+def evaluate_superres(model, cfg, cache_dir: str, n: int, generator, settings, log, batch=100) -> dict:
     gpt, vq, cond_vq, _ = model
     f = cfg.data.condition_factor
     x, labels, _ = _held_out(cfg, n)
@@ -67,7 +67,7 @@ def evaluate_superres(model, cfg, cache_dir: str, n: int, generator, options: di
     images = []
     for b in _batches(len(x), batch):
         cond = cond_vq.encode_to_indices(upsample(small[b], f).to(device))
-        images.append(decode_images(vq, draw(gpt, len(cond), cond=cond, generator=generator, **options)) * 2 - 1)
+        images.append(decode_images(vq, draw(gpt, len(cond), settings, cond=cond, generator=generator)) * 2 - 1)
     y = torch.cat(images)
     bicubic = F.interpolate(small, scale_factor=f, mode="bicubic", align_corners=False).clamp(-1, 1)
 
@@ -85,7 +85,7 @@ def evaluate_superres(model, cfg, cache_dir: str, n: int, generator, options: di
             "classifier_held_out_accuracy": clf_info["held_out_accuracy"]}
 
 
-def _resampled_accuracy(model, cfg, cache_dir: str, n: int, generator, options: dict, log, batch: int, keep_of,
+def _resampled_accuracy(model, cfg, cache_dir: str, n: int, generator, settings, log, batch: int, keep_of,
                         names: list[str]) -> tuple[int, dict]:
     """Re-samples the tokens of n held-out images that keep_of(grid) -> (H, W) bool does not keep, once per name, the
     name saying which class is given: "likeliest_class" (the class under which the kept tokens, a raster prefix,
@@ -105,33 +105,31 @@ def _resampled_accuracy(model, cfg, cache_dir: str, n: int, generator, options: 
         for b, tokens, cond in batches:
             grid = tuple(tokens.shape[1:])
             keep = keep_of(grid)
-            if name == "likeliest_class" and not torch.equal(keep, raster_prefix(grid, int(keep.sum()))):
-                raise ValueError("a class is picked by the likelihood of kept tokens in raster order only")
             classes = [nc] if name == "null_class" else labels[b].tolist() if name == "true_class" else \
-                likeliest_classes(gpt, tokens, int(keep.sum())) if name == "likeliest_class" else None
-            done = draw(gpt, len(tokens), grid, classes, cond=cond, tokens=tokens, keep=keep, generator=generator,
-                        **options)
+                completion_classes(gpt, tokens, keep)[0] if name == "likeliest_class" else None
+            done = draw(gpt, len(tokens), settings, grid, classes, cond=cond, tokens=tokens, keep=keep,
+                        generator=generator)
             images.append(decode_images(vq, done) * 2 - 1)
         out[f"class_accuracy_{name}"] = (classify(clf, torch.cat(images))[0] == labels).float().mean().item()
     return len(x), out
 
 
 @torch.no_grad()
-def evaluate_completion(model, cfg, cache_dir: str, n: int, generator, options: dict, log, batch=100) -> dict:
+def evaluate_completion(model, cfg, cache_dir: str, n: int, generator, settings, log, batch=100) -> dict:
     """Keeps the top half of n held-out images' tokens and samples the rest; the classifier judges the results.
     A class-conditional model completes three times: with the class its own likelihood of the kept half picks
     (what generate.py --complete does without --class), with the null class (no class at all), and with the true
     class. A masked model has no likelihood of the kept half to pick a class with: null and true class only."""
     gpt = model[0]
     names = ["null_class", "true_class"] if gpt.cfg.masked else ["likeliest_class", "null_class", "true_class"]
-    images, scores = _resampled_accuracy(model, cfg, cache_dir, n, generator, options, log, batch,
+    images, scores = _resampled_accuracy(model, cfg, cache_dir, n, generator, settings, log, batch,
                                          lambda grid: raster_prefix(grid, (grid[0] // 2) * grid[1]),
                                          names if gpt.cfg.num_classes else ["completed"])
     return {"images": images, **scores}
 
 
 @torch.no_grad()
-def evaluate_inpainting(model, cfg, cache_dir: str, n: int, generator, options: dict, log, batch=100,
+def evaluate_inpainting(model, cfg, cache_dir: str, n: int, generator, settings, log, batch=100,
                         side: int = 4) -> dict:
     """Masks the centre side x side tokens of n held-out images and re-samples them (a masked model's free-form
     inpainting, as generate.py --inpaint does it: without --class, the null class); the classifier judges whether
@@ -139,7 +137,7 @@ def evaluate_inpainting(model, cfg, cache_dir: str, n: int, generator, options: 
     gpt = model[0]
     if not gpt.cfg.masked:
         raise ValueError("inpainting is scored for masked (maskgit) models")
-    images, scores = _resampled_accuracy(model, cfg, cache_dir, n, generator, options, log, batch,
+    images, scores = _resampled_accuracy(model, cfg, cache_dir, n, generator, settings, log, batch,
                                          lambda grid: centre_keep(grid, side),
                                          ["null_class", "true_class"] if gpt.cfg.num_classes else ["inpainted"])
     return {"images": images, "masked_tokens": side * side, **scores}

@@ -1,6 +1,13 @@
 """The built-in `shapes` set: one shape per image, of random size, position, quarter-turn and palette colour, on a
-solid or gradient background; the shape is the class label. Made for 32x32 images and 8x8 tokens."""
+solid or gradient background; the shape is the class label. Made for 32x32 images and 8x8 tokens. Generated from
+run.seed (data.num_train, data.num_val), with masks for a segmentation condition, and the rendered images its judges
+are trained on (utils/eval/classifier.py)."""
 import numpy as np
+import torch
+
+from utils.core.errors import UserError
+from utils.data.images import ArrayDataset, stack
+from utils.data.spec import DatasetSpec
 
 # Five shapes that stay distinct after 4x downsampling at 32x32: a hexagon, for one, differs from a circle by
 # about one pixel at this size and reconstructs as one, so the set has a ring instead.
@@ -60,3 +67,42 @@ def render_shapes(n: int, size: int, seed: int, kinds=SHAPE_CLASSES, with_masks:
         images[i] = img.clip(0, 255).astype(np.uint8)
         masks[i] = mask
     return (images, labels, masks) if with_masks else (images, labels)
+
+
+def build(data, seed: int, augment: bool, condition, view: str):
+    """(train, val): data.num_train and data.num_val images rendered from `seed` and from a separate stream (a fixed
+    split), with their masks (0 background, 1 + the class on the shape) for a segmentation condition."""
+    if data.image_size < 8:
+        raise UserError(f"data.image_size={data.image_size} is too small for shapes (at least 8)")
+    seg = condition is not None and condition.kind == "segmentation"
+    sets = []
+    for n, s in ((data.num_train, seed), (data.num_val, seed + 7_919)):
+        images, labels, masks = render_shapes(n, data.image_size, s, with_masks=True)
+        masks = (masks * (labels[:, None, None] + 1)).astype(np.uint8) if seg else None
+        sets.append(ArrayDataset(images, labels, data.image_size, data.channels, class_names=SHAPE_CLASSES,
+                                 masks=masks, condition=condition, view=view))
+    return tuple(sets)
+
+
+def judge_data(size: int, n: int, n_held_out: int):
+    """((images, labels), (held-out images, labels), class names) of the shapes classifier, freshly rendered from
+    seeds no dataset uses: the five shapes and the decoy "v", so that a V never passes for a triangle."""
+    kinds = SHAPE_CLASSES + ("v",)
+    tr = render_shapes(n, size, 1_000_003, kinds)
+    va = render_shapes(n_held_out, size, 2_000_003, kinds)
+    return stack(ArrayDataset(*tr, size, 3)), stack(ArrayDataset(*va, size, 3)), kinds
+
+
+def segmenter_data(size: int, n: int, n_held_out: int):
+    """((images, masks), (held-out images, masks)): rendered images and their shapes' pixels (bool)."""
+    out = []
+    for n, seed in ((n, 3_000_017), (n_held_out, 4_000_037)):
+        images, _, masks = render_shapes(n, size, seed, with_masks=True)
+        out.append((stack(ArrayDataset(images, np.zeros(len(images)), size, 3))[0], torch.from_numpy(masks)))
+    return tuple(out)
+
+
+SPEC = DatasetSpec("shapes", build, lambda data, seed: {"num_train": data.num_train, "num_val": data.num_val,
+                                                        "seed": seed},
+                   class_names=SHAPE_CLASSES, mask_classes=len(SHAPE_CLASSES) + 1, judge="rendered",
+                   judge_data=judge_data, segmenter_data=segmenter_data)

@@ -3,14 +3,14 @@
 The `model` section is the VQGAN's own config (`vqgan.model.VQGANConfig`); `run`, `data` and the shared
 part of `train` are reused by the stage-2 schema.
 """
-import math
 from dataclasses import dataclass, field, fields
 from typing import Optional
 
-from utils.conditions import condition_channels
-from utils.config import ConfigError, choices, num
+from transformer.loading import CONDITION_FACTOR
+from utils.core.config import ConfigError, choices, num
+from utils.data.conditions import condition_channels
+from utils.data.registry import DATASETS
 from vqgan.discriminator import PatchDiscriminator
-from utils.shapes import SHAPE_CLASSES
 from vqgan.model import VQGANConfig
 
 
@@ -23,7 +23,7 @@ class RunConfig:
 
 @dataclass
 class DataConfig:
-    dataset: str = choices("shapes", "mnist", "fashion_mnist", "cifar10", "folder", default="shapes")
+    dataset: str = choices(*DATASETS, default="shapes")  # utils/data/registry.py
     root: str = "data"                  # dataset files (mnist/fashion_mnist/cifar10) or the image tree (folder)
     val_root: Optional[str] = None      # folder only: a separate validation tree instead of val_fraction
     val_fraction: float = num(0.05, min=0, below=1)  # folder only: deterministic held-out fraction (at least one image)
@@ -34,14 +34,48 @@ class DataConfig:
     download: bool = False              # torchvision datasets: download into root when missing
     labels: str = choices("none", "subfolders", default="none")  # folder only: classes from first-level subfolders
     condition: str = choices("none", "segmentation", "edges", "lowres", "paired", default="none")  # a map beside
-                                        # each image, for conditional synthesis (utils/conditions.py)
+                                        # each image, for conditional synthesis (utils/data/conditions.py)
     tokenize: str = choices("image", "condition", default="image")  # stage 1: what the tokenizer learns
     condition_root: Optional[str] = None  # folder only: the parallel tree of maps (segmentation, paired)
-    condition_factor: int = num(4, min=1)  # lowres: the downsampling factor
+    condition_factor: int = num(CONDITION_FACTOR, min=1)  # lowres: the downsampling factor
     condition_classes: int = num(0, min=0)  # segmentation: classes of the masks, background included
                                         # (0: the dataset's own, as for shapes)
     num_train: int = num(8000, min=1)   # shapes only: generated training images
     num_val: int = num(512, min=1)      # shapes only: generated validation images
+
+    def check(self) -> None:
+        """What the dataset can make: labels, condition maps. A segmentation condition without data.condition_classes
+        takes the classes of the dataset's own masks."""
+        spec = DATASETS[self.dataset]
+        if self.labels != "none" and not spec.subfolder_labels:
+            raise ConfigError(f"data.labels={self.labels} is for data.dataset=folder; {self.dataset} has its own labels")
+        kind = self.condition
+        if kind == "none":
+            if self.tokenize == "condition":
+                raise ConfigError("data.tokenize=condition needs a data.condition (segmentation, edges, lowres or "
+                                  "paired)")
+            return
+        if kind in ("segmentation", "paired") and not spec.map_root and not (kind == "segmentation" and
+                                                                            spec.mask_classes):
+            masked = " and ".join(f"the {s.name} set" for s in DATASETS.values() if s.mask_classes)
+            raise ConfigError(f"data.condition={kind} needs maps: " + (f"{masked} has masks, a folder dataset takes "
+                              "them from data.condition_root" if kind == "segmentation" else "a folder dataset takes "
+                              "them from data.condition_root"))
+        if spec.map_root and kind in ("segmentation", "paired") and not self.condition_root:
+            raise ConfigError(f"data.condition={kind} with a folder dataset needs data.condition_root: the folder of "
+                              "maps with the same relative names as the images")
+        if kind == "segmentation":
+            if spec.mask_classes:
+                self.condition_classes = self.condition_classes or spec.mask_classes
+                if self.condition_classes != spec.mask_classes:
+                    raise ConfigError(f"data.condition_classes={self.condition_classes}, but the {self.dataset} set's "
+                                      f"masks have {spec.mask_classes} classes (background included)")
+            elif self.condition_classes < 2:
+                raise ConfigError("data.condition=segmentation needs data.condition_classes: the number of classes of "
+                                  "the masks, background included (at least 2)")
+        if kind == "lowres" and self.image_size % self.condition_factor:
+            raise ConfigError(f"data.image_size={self.image_size} is not a multiple of data.condition_factor="
+                              f"{self.condition_factor}")
 
 
 @dataclass
@@ -77,7 +111,7 @@ class BaseTrainConfig:
     keep_last: int = num(0, min=0)      # periodic step_XXXXXXX.pt kept besides last.pt; 0 = none
     precision: str = choices("auto", "fp32", "bf16", "fp16", default="auto")  # auto: bf16 where the hardware
                                         # computes it natively (CUDA with bf16, CPUs with avx512_bf16/amx_bf16), else
-                                        # fp16 on CUDA and fp32 on CPUs (utils/precision.py)
+                                        # fp16 on CUDA and fp32 on CPUs (utils/core/precision.py)
     compile: bool = False
     device: str = "auto"                # auto | cpu | cuda | cuda:N | mps
     eval_batches: int = num(0, min=0)   # validation batches per evaluation; 0 = the whole val split
@@ -111,10 +145,9 @@ class Stage1Config:
     def check(self, where: str) -> None:
         """Impossible combinations are errors; model.image_size and model.channels left null take the data's."""
         m, d = self.model, self.data
+        d.check()
         seen = d.channels  # the tokenizer sees images, or condition maps (their own channels)
         if d.tokenize == "condition":
-            if d.condition == "segmentation" and d.dataset == "shapes" and not d.condition_classes:
-                d.condition_classes = len(SHAPE_CLASSES) + 1
             seen = condition_channels(d)
             if d.condition == "segmentation" and (self.loss.disc_start < self.train.max_steps or
                                                   self.loss.perceptual_weight > 0):
@@ -124,28 +157,13 @@ class Stage1Config:
         if m.channels is not None and m.channels != seen:
             raise ConfigError(f"model.channels={m.channels} but the tokenizer sees {seen} channels ({where}); "
                               "leave model.channels null")
-        if m.quantizer == "fsq":
-            n, dim = math.prod(m.fsq_levels) if m.fsq_levels else 0, len(m.fsq_levels)
-            if not m.fsq_levels:
-                raise ConfigError(f"model.quantizer=fsq needs model.fsq_levels, e.g. [8, 5, 5, 5] for 1000 codes "
-                                  f"({where})")
-            if m.codebook_size != n or m.codebook_dim != dim:
-                raise ConfigError(f"model.fsq_levels={m.fsq_levels} make {n} codes of dimension {dim}, but "
-                                  f"model.codebook_size={m.codebook_size} and model.codebook_dim={m.codebook_dim} "
-                                  f"({where}); set model.codebook_size={n} model.codebook_dim={dim}")
-        elif m.fsq_levels:
-            raise ConfigError(f"model.fsq_levels={m.fsq_levels} is for model.quantizer=fsq, this model's is "
-                              f"{m.quantizer} ({where})")
         m.image_size = d.image_size if m.image_size is None else m.image_size
         m.channels = seen
+        m.check(where)
         f = m.downsample_factor
         if d.image_size % f:
             raise ConfigError(f"data.image_size={d.image_size} is not divisible by the downsampling factor {f} "
                               f"of model.ch_mult={m.ch_mult} ({where}); use a multiple of {f}")
-        for c in [m.ch * k for k in m.ch_mult] + [m.z_channels]:
-            if c % 32:
-                raise ConfigError(f"model.ch x model.ch_mult and model.z_channels must be multiples of 32 "
-                                  f"(GroupNorm with 32 groups), got {c} ({where})")
         if self.loss.disc_start < self.train.max_steps and \
                 PatchDiscriminator.output_size(d.image_size, self.loss.disc_layers) < 1:
             raise ConfigError(f"data.image_size={d.image_size} is too small for loss.disc_layers="

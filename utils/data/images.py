@@ -1,5 +1,5 @@
-"""Image helpers the datasets share: arrays to tensors, fitting to a size, and the seeded generator of training
-augmentation."""
+"""What the datasets share: arrays to tensors, fitting to a size, the seeded generator of training augmentation, the
+base class of every dataset (views of images and their condition maps), and in-memory arrays as a dataset."""
 import copy
 
 import numpy as np
@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from utils.errors import UserError
+from utils.core.errors import UserError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm")
 
@@ -76,3 +76,29 @@ def read_image(path: str, channels: int, option: str) -> torch.Tensor:
     except Exception as e:
         raise UserError(f"{option}: '{path}' is not a readable image ({type(e).__name__})") from None
     return to_tensor(arr, channels)[None]
+
+
+class ArrayDataset(ImageDataset):
+    """In-memory uint8 images (N, H, W[, C]) with labels; optional random horizontal flip for training; `masks`
+    (N, H, W) uint8 class maps for a segmentation condition, flipped with their images."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, size: int, channels: int, flip: bool = False,
+                 seed: int = 0, class_names=None, sources=(), masks=None, condition=None, view: str = "image"):
+        super().__init__(class_names, sources, condition, view)
+        self.images, self.labels, self.masks = images, torch.as_tensor(labels, dtype=torch.long), masks
+        self.size, self.channels, self.flip, self.seed = size, channels, flip, seed
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int):
+        x = to_tensor(fit_size(self.images[i], self.size), self.channels)
+        raw = None if self.masks is None else torch.from_numpy(fit_size(self.masks[i], self.size, nearest=True)).long()
+        if self.flip and torch.rand((), generator=item_generator(self.seed, self.epoch, i)) < 0.5:
+            x, raw = x.flip(-1), (None if raw is None else raw.flip(-1))
+        return self.item(x, raw, self.labels[i])
+
+
+def stack(ds) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every item of a dataset: (images (N, C, H, W), labels (N,))."""
+    return torch.stack([ds[i][0] for i in range(len(ds))]), torch.as_tensor(ds.labels).long()

@@ -2,32 +2,31 @@
 asked for? and the feature space of a Fréchet distance between samples and real images), and for shapes a small
 segmenter (which pixels belong to the shape: does a sample drawn for a mask cover it?).
 
-Recipes (trained on first use, cached under {run.out_dir}/cache/):
-- shapes: the five shapes plus a decoy class "v", the right triangle turned by 45 degrees (a V or an arrowhead,
-  the typical failure of a generated triangle), so that a V never passes for a triangle; 30,000 freshly
-  rendered images from seeds no dataset uses, blurred (sigma up to 1.2) and noised at random so that soft
-  reconstructions are judged like sharp originals; held-out accuracy on 3,000 other rendered images.
-- mnist, fashion_mnist: the real training split (60,000 images, shifted by up to 2 pixels at random); accuracy
-  on the real test split.
-- the shape segmenter: a per-pixel foreground logit, trained like the shapes classifier on 30,000 rendered images
-  and their masks; mean IoU on 3,000 other ones.
+Recipes (trained on first use, cached under {run.out_dir}/cache/), as each dataset's record names them
+(utils/data/spec.py: judge):
+- "rendered" (shapes): SHAPES_TRAIN images the dataset renders for its judge (the shapes with a decoy class "v",
+  the right triangle turned by 45 degrees, the typical failure of a generated triangle, so that a V never passes
+  for a triangle), blurred (sigma up to 1.2) and noised at random so that soft reconstructions are judged like
+  sharp originals; held-out accuracy on SHAPES_HELD_OUT other rendered images.
+- "real" (mnist, fashion_mnist): the real training split (60,000 images, shifted by up to 2 pixels at random);
+  accuracy on the real test split.
+- a segmenter of a dataset's objects (shapes: segmenter_data): a per-pixel foreground logit, trained like a
+  rendered classifier on SHAPES_TRAIN rendered images and their masks; mean IoU on SHAPES_HELD_OUT other ones.
 """
 import hashlib
 import json
 import math
 import os
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from utils.checkpoint import save_atomic
-from utils.data import CLASS_NAMES, ArrayDataset, build_datasets
-from utils.errors import UserError
-from utils.shapes import SHAPE_CLASSES, render_shapes
+from utils.core.checkpoint import save_atomic
+from utils.core.errors import UserError
+from utils.data.images import stack
+from utils.data.registry import DATASETS, build_datasets, dataset_spec
 
-RECIPES = ("shapes", "mnist", "fashion_mnist")
 SHAPES_TRAIN, SHAPES_HELD_OUT, EPOCHS = 30_000, 3_000, 4
 _VERSION = 1  # bump when a recipe changes: the cache key holds it
 _SEGMENTER_VERSION = 2
@@ -80,18 +79,13 @@ def _shift(x: torch.Tensor, g: torch.Generator, pixels: int = 2) -> torch.Tensor
     return torch.stack([padded[i, :, dy[i]:dy[i] + H, dx[i]:dx[i] + W] for i in range(B)])
 
 
-def _stack(ds) -> tuple[torch.Tensor, torch.Tensor]:
-    return torch.stack([ds[i][0] for i in range(len(ds))]), torch.as_tensor(ds.labels).long()
-
-
 def recipe_data(dataset: str, data) -> tuple[tuple, tuple, tuple[str, ...]]:
     """((train images, labels), (held-out images, labels), class names) of a recipe."""
-    if dataset == "shapes":
-        kinds, s = SHAPE_CLASSES + ("v",), data.image_size
-        tr, va = render_shapes(SHAPES_TRAIN, s, 1_000_003, kinds), render_shapes(SHAPES_HELD_OUT, s, 2_000_003, kinds)
-        return (_stack(ArrayDataset(*tr, s, 3)), _stack(ArrayDataset(*va, s, 3)), kinds)
+    spec = dataset_spec(dataset)
+    if spec.judge == "rendered":
+        return spec.judge_data(data.image_size, SHAPES_TRAIN, SHAPES_HELD_OUT)
     tr, va = build_datasets(data, 0, augment=False)
-    return _stack(tr), _stack(va), CLASS_NAMES[dataset]
+    return stack(tr), stack(va), spec.class_names
 
 
 @torch.enable_grad()
@@ -120,7 +114,7 @@ def train_classifier(dataset: str, data, log=None, batch: int = 128) -> tuple[Sm
     (x, y), (xv, yv), names = recipe_data(dataset, data)
     torch.manual_seed(0)
     model = SmallCNN(x.shape[1], len(names))
-    _fit(model, x, y, F.cross_entropy, _blur_noise if dataset == "shapes" else _shift, batch,
+    _fit(model, x, y, F.cross_entropy, _blur_noise if dataset_spec(dataset).judge == "rendered" else _shift, batch,
          f"classifier for {dataset}", log)
     with torch.no_grad():
         pred = torch.cat([model(b).argmax(1) for b in xv.split(500)])
@@ -131,11 +125,12 @@ def train_classifier(dataset: str, data, log=None, batch: int = 128) -> tuple[Sm
 
 def load_or_train(dataset: str, data, cache_dir: str, log=None) -> tuple[SmallCNN, dict]:
     """The recipe's classifier from the cache, or trained now and cached (keyed by the recipe and its data)."""
-    if dataset not in RECIPES:
-        raise UserError(f"no classifier recipe for data.dataset={dataset}; there are: {', '.join(RECIPES)}")
+    recipes = [name for name, spec in DATASETS.items() if spec.judge]
+    if dataset not in recipes:
+        raise UserError(f"no classifier recipe for data.dataset={dataset}; there are: {', '.join(recipes)}")
     key = {"version": _VERSION, "dataset": dataset, "image_size": data.image_size, "channels": data.channels,
            "sizes": [SHAPES_TRAIN, SHAPES_HELD_OUT, EPOCHS]}
-    if dataset != "shapes":
+    if DATASETS[dataset].judge == "real":
         key.update(root=os.path.abspath(data.root))
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:8]
     path = os.path.join(cache_dir, f"classifier_{dataset}-{digest}.pt")
@@ -197,13 +192,10 @@ def iou(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return torch.where(union > 0, inter / union.clamp_min(1), 1.0)
 
 
-def train_shape_segmenter(size: int, log=None, batch: int = 64) -> tuple[SmallSegNet, dict]:
-    """The recovery of a shape's region from a shapes image: trained on SHAPES_TRAIN rendered images and masks
-    (blurred and noised as the classifier's), scored by mean IoU on SHAPES_HELD_OUT other ones."""
-    images, _, masks = render_shapes(SHAPES_TRAIN, size, 3_000_017, with_masks=True)
-    x, m = _stack(ArrayDataset(images, np.zeros(len(images)), size, 3))[0], torch.from_numpy(masks)
-    images, _, masks = render_shapes(SHAPES_HELD_OUT, size, 4_000_037, with_masks=True)
-    xv, mv = _stack(ArrayDataset(images, np.zeros(len(images)), size, 3))[0], torch.from_numpy(masks)
+def train_segmenter(data, log=None, batch: int = 64) -> tuple[SmallSegNet, dict]:
+    """The recovery of an object's region from an image of the dataset: trained on SHAPES_TRAIN rendered images and
+    masks (blurred and noised as the rendered classifier's), scored by mean IoU on SHAPES_HELD_OUT other ones."""
+    (x, m), (xv, mv) = dataset_spec(data.dataset).segmenter_data(data.image_size, SHAPES_TRAIN, SHAPES_HELD_OUT)
     torch.manual_seed(0)
     net = SmallSegNet()
     _fit(net, x, m.float(), F.binary_cross_entropy_with_logits, _blur_noise, batch, "shape segmenter", log)
@@ -212,16 +204,20 @@ def train_shape_segmenter(size: int, log=None, batch: int = 64) -> tuple[SmallSe
     return net, {"held_out_iou": iou(pred, mv).mean().item(), "held_out": len(mv)}
 
 
-def load_or_train_segmenter(size: int, cache_dir: str, log=None) -> tuple[SmallSegNet, dict]:
+def load_or_train_segmenter(data, cache_dir: str, log=None) -> tuple[SmallSegNet, dict]:
+    """The dataset's segmenter from the cache, or trained now and cached."""
+    if not dataset_spec(data.dataset).segmenter_data:
+        raise UserError(f"no segmenter recipe for data.dataset={data.dataset}")
+    size = data.image_size
     key = hashlib.sha256(json.dumps([_SEGMENTER_VERSION, size, SHAPES_TRAIN, SHAPES_HELD_OUT, EPOCHS]).encode()).hexdigest()[:8]
-    path = os.path.join(cache_dir, f"segmenter_shapes-{key}.pt")
+    path = os.path.join(cache_dir, f"segmenter_{data.dataset}-{key}.pt")
     if os.path.isfile(path):
         ck = torch.load(path, map_location="cpu", weights_only=True)
         net = SmallSegNet()
         net.load_state_dict(ck["model"])
         return net.eval(), ck["info"]
     if log:
-        log.info(f"training the shape segmenter once -> {path}")
-    net, info = train_shape_segmenter(size, log)
+        log.info(f"training the {data.dataset} segmenter once -> {path}")
+    net, info = train_segmenter(data, log)
     save_atomic({"model": net.state_dict(), "info": info}, path)
     return net, info

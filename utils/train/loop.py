@@ -1,19 +1,19 @@
 """What happens inside both training loops, as plain functions: the learning rate, clipping and the optimizer step,
-the EMA, the one collective per step (a non-finite loss or gradient, a stop signal), the cadence of evaluation and
-checkpoints, and the end of the run."""
+the EMA, the one collective per step (a non-finite loss or gradient, a stop signal), when a periodic action is due,
+and the end of the run."""
 import copy
 import functools
 import math
 import signal
 from contextlib import contextmanager
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 
-from utils.distributed import all_reduce_sum
-from utils.errors import UserError
-from utils.runlog import RunLogger
-from utils.training import Run
+from utils.core.distributed import all_reduce_sum
+from utils.core.errors import UserError
+from utils.core.runlog import RunLogger
+from utils.train.run import Run
 
 
 def lr_factor(step: int, warmup: int, max_steps: int, schedule: str, min_ratio: float) -> float:
@@ -143,18 +143,6 @@ def due(step: int, every: int, max_steps: int) -> bool:
     return step % every == 0 or step == max_steps
 
 
-def evaluate_and_save(run: Run, step: int, stopping: bool, validate: Callable[[int], dict],
-                      save: Callable[[int], None], metrics: dict) -> dict:
-    """After an optimizer step: evaluate every train.eval_every steps, save every train.ckpt_every steps, both also
-    at the end, and save when stopping. Returns the latest validation figures."""
-    t = run.cfg.train
-    if due(step, t.eval_every, t.max_steps):
-        metrics = validate(step)
-    if due(step, t.ckpt_every, t.max_steps) or stopping:
-        save(step)
-    return metrics
-
-
 @contextmanager
 def rng_kept():
     """Work inside (evaluation, sampling) does not move the training RNG."""
@@ -165,21 +153,15 @@ def rng_kept():
         torch.set_rng_state(state)
 
 
-def end_of_run(run: Run, logger: RunLogger, step: int, stopped_by: Optional[StopSignal], metrics: dict,
-               validate: Callable[[int], dict], save: Callable[[int], None]) -> dict:
-    """Stopped by a signal: say how to continue. Otherwise: when the loop did not evaluate (resumed at or past the
-    end), evaluate and save now; then one line with the final figures. Closes the logger; returns the figures."""
+def end_of_run(run: Run, logger: RunLogger, step: int, stopped_by: Optional[StopSignal], metrics: dict) -> None:
+    """Stopped by a signal: says how to continue; otherwise one line with the final figures. Closes the logger."""
     logger.bar.close()
     if stopped_by is not None:
         run.log.info(f"stopped by {stopped_by.received or 'a signal on another rank'} at step {step}; checkpoint "
                      f"saved, continue with: python {run.script} --resume {run.dir}/checkpoints/last.pt")
     else:
-        if not metrics:
-            metrics = validate(step)
-            save(step)
         run.log.info(f"done: {step} steps; validation {figures(metrics)}; run folder {run.dir}")
     logger.close()
-    return metrics
 
 
 def figures(metrics: dict) -> str:

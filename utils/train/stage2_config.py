@@ -6,11 +6,11 @@ stage-1 model's); `model` holds the GPT's size, `sample` the settings samples ar
 from dataclasses import dataclass, field, fields
 from typing import Optional, Sequence
 
-from transformer.gpt import GPTConfig
-from transformer.maskgit import CHOICE_TEMPERATURE, STEPS
-from utils.config import ConfigError, choices, num
-from utils.errors import UserError
-from utils.stage1_config import BaseTrainConfig, DataConfig, RunConfig
+from transformer.draw import SampleConfig
+from transformer.gpt import GPTConfig, GPTSection
+from utils.core.config import ConfigError, choices, num
+from utils.core.errors import UserError
+from utils.train.stage1_config import BaseTrainConfig, DataConfig, RunConfig
 from vqgan.model import VQGANConfig
 
 
@@ -25,30 +25,6 @@ class TokenDataConfig(DataConfig):
     image_size: Optional[int] = num(None, min=1)  # None: the stage-1 model's
     channels: Optional[int] = choices(None, 1, 3, default=None)  # None: the stage-1 model's
     batch_size: int = num(64, min=1)
-
-
-@dataclass
-class GPTSection:
-    kind: str = choices("gpt", "maskgit", default="gpt")  # gpt: autoregressive (the paper); maskgit: a bidirectional
-                                        # transformer trained on masked tokens, sampled by parallel decoding
-    n_layer: int = num(4, min=1)
-    n_head: int = num(4, min=1)
-    n_embd: int = num(256, min=1)
-    dropout: float = num(0.0, min=0, below=1)
-    window: list[int] = num(factory=list, min=1)  # [h, w] tokens per training crop; [] = the whole grid
-    class_conditional: bool = False
-
-
-@dataclass
-class SampleConfig:
-    temperature: float = num(1.0, above=0)
-    top_k: Optional[int] = num(None, min=1)
-    top_p: Optional[float] = num(None, above=0, max=1)
-    cfg_scale: float = num(1.0, min=0)  # classifier-free guidance (class-conditional models)
-    steps: int = num(STEPS, min=1)      # maskgit: parallel decoding rounds per window
-    choice_temperature: float = num(CHOICE_TEMPERATURE, min=0)  # maskgit: initial scale of the confidence noise
-                                        # (annealed to 0)
-    num: int = num(8, min=1)            # images sampled at each evaluation (last: the field shadows `num`)
 
 
 @dataclass
@@ -72,17 +48,10 @@ class Stage2Config:
     sample: SampleConfig = field(default_factory=SampleConfig)
     train: Train2Config = field(default_factory=Train2Config)
 
-    def init_keys(self, init: dict) -> list[str]:
-        """The keys a train.init_from checkpoint fixes: its model section."""
-        return [f"model.{f.name}" for f in fields(GPTSection)]
-
     def check(self, where: str) -> None:
-        w = self.model.window
-        if w and len(w) != 2:
-            raise ConfigError(f"model.window must be [] (the whole grid) or [h, w] with h, w >= 1, got {w} ({where})")
-        if self.model.n_embd % self.model.n_head:
-            raise ConfigError(f"model.n_embd={self.model.n_embd} is not divisible by model.n_head="
-                              f"{self.model.n_head} ({where})")
+        """Impossible combinations are errors; the data section is checked once the stage-1 model has completed it
+        (complete_from_stage1)."""
+        self.model.check(where)
         if self.model.kind == "maskgit" and self.train.pkeep < 1:
             raise ConfigError(f"train.pkeep={self.train.pkeep} corrupts a GPT's inputs; a masked model (model.kind="
                               f"maskgit) masks them instead: leave train.pkeep=1.0 ({where})")
@@ -97,6 +66,10 @@ class Stage2Config:
             raise ConfigError(f"model.class_conditional=true with data.condition={d.condition} ({where}): a model is "
                               "conditioned on classes or on maps, not both")
         self.train.check(where)
+
+    def init_keys(self, init: dict) -> list[str]:
+        """The keys a train.init_from checkpoint fixes: its model section."""
+        return [f"model.{f.name}" for f in fields(GPTSection)]
 
 
 def complete_from_stage1(cfg: Stage2Config, vq: VQGANConfig, cond: Optional[dict] = None) -> tuple[int, int]:
@@ -133,6 +106,7 @@ def complete_from_stage1(cfg: Stage2Config, vq: VQGANConfig, cond: Optional[dict
         if cf != f:
             raise UserError(f"the condition tokenizer's downsampling factor {cf} differs from the image tokenizer's "
                             f"{f}: their token grids must match position for position")
+    d.check()
     w = tuple(cfg.model.window) or grid
     if w[0] > grid[0] or w[1] > grid[1]:
         raise UserError(f"model.window={list(w)} is larger than the {grid[0]}x{grid[1]} token grid of "
@@ -145,13 +119,10 @@ def gpt_config(cfg: Stage2Config, vq: VQGANConfig, grid: tuple[int, int], class_
     """The GPT this config trains over the codes of `vq`: its vocabulary (codes, then a start token or one token
     per class and a null class, then the codes of the condition tokenizer `cond_vq`), its window of the `grid`,
     and its size."""
-    m = cfg.model
-    if m.class_conditional and not class_names:
+    if cfg.model.class_conditional and not class_names:
         raise UserError(f"data.dataset={cfg.data.dataset} has no class labels; set model.class_conditional=false")
-    return GPTConfig(codebook_size=vq.codebook_size, window=tuple(m.window) or grid,
-                     num_classes=len(class_names) if m.class_conditional else 0,
-                     cond_codebook_size=cond_vq.codebook_size if cond_vq is not None else 0,
-                     n_layer=m.n_layer, n_head=m.n_head, n_embd=m.n_embd, dropout=m.dropout, kind=m.kind)
+    return cfg.model.config(vq.codebook_size, grid, len(class_names) if cfg.model.class_conditional else 0,
+                            cond_vq.codebook_size if cond_vq is not None else 0)
 
 
 def check_init_layout(init: GPTConfig, gcfg: GPTConfig, path: str) -> None:

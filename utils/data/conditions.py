@@ -13,11 +13,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from utils.errors import UserError
-from utils.images import to_tensor
+from transformer.loading import CONDITION_FACTOR
+from utils.core.errors import UserError
+from utils.data.images import to_tensor
+from vqgan.losses import IGNORE
 
 KINDS = ("segmentation", "edges", "lowres", "paired")
-IGNORE = 255                 # segmentation value for "no label": no class channel set, no loss
 EDGE_THRESHOLD = 0.25        # Sobel magnitude (luma in [0, 1]) above which a pixel is an edge
 _LUMA = torch.tensor([0.299, 0.587, 0.114])
 # colours for class maps in pictures: background dark grey, then distinct hues
@@ -102,7 +103,7 @@ class Condition:
     (lowres)."""
     kind: str
     classes: int = 0
-    factor: int = 4
+    factor: int = CONDITION_FACTOR
 
     def of(self, x: torch.Tensor, raw=None) -> torch.Tensor:
         """x: the image (C, H, W) in [-1, 1] as cropped and flipped; raw: its map from the dataset, cropped and
@@ -116,7 +117,7 @@ class Condition:
         return raw
 
 
-def read_condition(path: str, kind: str, channels: int, classes: int = 0, factor: int = 4) -> torch.Tensor:
+def read_condition(path: str, kind: str, channels: int, classes: int = 0, factor: int = CONDITION_FACTOR) -> torch.Tensor:
     """A user's condition map file -> (1, C, H, W) in [-1, 1] at the image's size, as the condition tokenizer sees
     it: a PNG of class indices (segmentation), an edge map (one channel, edges bright), a small image (lowres,
     repeated factor times), or a paired map of the image's size. A map of another kind (channels, classes) is a

@@ -1,0 +1,1 @@
+"""Infrastructure every layer may use, the models included: errors, the config machinery, checkpoint files, processes and devices, precision, the run log. Imports nothing of the project outside itself."""

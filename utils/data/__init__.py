@@ -1,0 +1,1 @@
+"""Datasets: one module per built-in dataset (its reader, class names and settings) registered in registry.py, the image and condition-map helpers they share, and image folders. May import core and the models."""

@@ -1,0 +1,1 @@
+"""Scores: image metrics, stage-1 reconstruction figures, and the judges of generated images (classifiers and segmenters trained on real ones) with the scores of conditional synthesis. May import core, the models, data and train."""
