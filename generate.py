@@ -6,7 +6,8 @@
                        [--inpaint IMAGE.png --mask MASK.png] [--steps S]
 
 --grid larger than the trained window samples a larger image with the sliding window (a GPT) or windowed
-parallel decoding (a masked model). --condition gives a conditional model its map (at the size to sample);
+parallel decoding (a masked model). --condition gives a conditional model its map (at the size to sample; a
+segmentation layout as a PNG of class indices or an RGB picture in the dataset's layout palette);
 --complete keeps the top R token rows of an image and samples the rest; --extend keeps an image in the top-left
 corner of a larger --grid and samples around it; --inpaint re-samples the region a mask marks (masked models).
 The sampler is the checkpoint's: token by token for a GPT, --steps rounds of parallel decoding for a masked model.
@@ -28,7 +29,7 @@ from utils.core.distributed import DistInfo, select_device
 from utils.core.errors import UserError, command
 from utils.data.conditions import read_condition
 from utils.data.images import read_image
-from utils.data.registry import class_names_of as dataset_class_names
+from utils.data.registry import class_names_of as dataset_class_names, layout_palette
 
 
 def parse_grid(text: str) -> tuple[int, int]:
@@ -100,7 +101,10 @@ def condition_tokens(path, cond_vq, ckpt: dict, device):
     rec = ckpt["stage1_condition"]["data"]
     if not path:
         raise UserError(f"this model is conditional on {rec['condition']} maps: give one with --condition MAP.png")
-    m = read_condition(path, rec["condition"], cond_vq.channels, rec["condition_classes"], rec["condition_factor"])
+    colours = layout_palette(ckpt["config"]["data"]["dataset"], rec["condition_classes"]) \
+        if rec["condition"] == "segmentation" else None
+    m = read_condition(path, rec["condition"], cond_vq.channels, rec["condition_classes"], rec["condition_factor"],
+                       colours)
     f = cond_vq.cfg.downsample_factor
     if m.shape[2] % f or m.shape[3] % f:
         raise UserError(f"--condition: '{path}' gives a {m.shape[3]}x{m.shape[2]} map, not a multiple of this model's "

@@ -29,7 +29,7 @@ from utils.core.errors import UserError
 from utils.core.precision import autocast_context
 from utils.core.runlog import RunLogger
 from utils.data.conditions import as_picture
-from utils.data.registry import build_datasets, cache_settings
+from utils.data.registry import build_datasets, cache_settings, layout_palette
 from utils.train.batches import Batches, ResumableSampler
 from utils.train.loop import (StopSignal, check_step, clip_gradients, due, end_of_run, figures,
                               keeps_signal_handlers, optimizer_step, rng_kept, set_lr)
@@ -158,7 +158,8 @@ def train(argv=None):
                             generator=torch.Generator(device).manual_seed(cfg.run.seed))
                 shown = decode_images(vq, toks)
                 if conds is not None:  # each condition map above the sample drawn for it
-                    maps = as_picture(cond_vq.decode_indices(conds).float(), d.condition, logits=True).cpu()
+                    maps = as_picture(cond_vq.decode_indices(conds).float(), d.condition, logits=True,
+                                      colours=layout_palette(d.dataset, d.condition_classes)).cpu()
                     shown = torch.cat([maps.expand(-1, shown.shape[1], -1, -1), shown])
                 logger.image("val/samples", make_grid(shown, nrow=min(n, 8) if conds is None else k, padding=1),
                              at_step)

@@ -15,7 +15,7 @@ from utils.core.errors import UserError
 from utils.core.precision import autocast_context
 from utils.core.runlog import RunLogger
 from utils.data.conditions import as_picture, class_targets
-from utils.data.registry import build_datasets
+from utils.data.registry import build_datasets, layout_palette
 from utils.eval.metrics import InceptionFeatures
 from utils.eval.reconstruction import evaluate
 from utils.train.batches import Batches, ResumableSampler
@@ -101,12 +101,15 @@ def train(argv=None):
     def validate(at_step: int) -> dict:
         with rng_kept():
             net = ema.model if ema is not None else model
-            metrics, (x, x_rec) = evaluate(net, val_loader, device, ctx, lpips, inception, t.eval_batches, class_maps)
+            metrics, (x, x_rec) = evaluate(net, val_loader, device, ctx, lpips, inception, t.eval_batches, class_maps,
+                                           cfg.data.crop_size)
         model.train()
         metrics = {"step": at_step, **metrics}
         logger.scalars("val", {k: v for k, v in metrics.items() if k != "step"}, at_step)
         if cfg.data.tokenize == "condition":  # maps as pictures: class maps in colour
-            x, x_rec = as_picture(x, cfg.data.condition) * 2 - 1, as_picture(x_rec, cfg.data.condition, class_maps) * 2 - 1
+            colours = layout_palette(cfg.data.dataset, cfg.data.condition_classes)
+            x, x_rec = (as_picture(m, cfg.data.condition, logits, colours) * 2 - 1
+                        for m, logits in ((x, False), (x_rec, class_maps)))
         grid = make_grid(torch.cat([x, x_rec.clamp(-1, 1)]).add(1).div(2), nrow=x.shape[0], padding=1)
         logger.image("val/inputs_above_reconstructions", grid, at_step)
         logger.metrics(metrics)

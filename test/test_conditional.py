@@ -64,8 +64,8 @@ def test_shapes_masks_follow_their_images():
     data = DataConfig(num_train=4, num_val=2, condition="segmentation", tokenize="condition")
     data.check()
     assert build_datasets(data, 0)[0][0][0].shape == (6, 32, 32)  # the tokenizer's view
-    with pytest.raises(UserError, match="data.condition=segmentation needs maps: the shapes set has masks, a folder "
-                                        "dataset takes them from data.condition_root"):
+    with pytest.raises(UserError, match="data.condition=segmentation needs maps: the shapes and scenes sets have "
+                                        "masks, a folder dataset takes them from data.condition_root"):
         DataConfig(dataset="mnist", condition="segmentation").check()
     with pytest.raises(UserError, match="data.condition_classes=3, but the shapes set's masks have 6 classes"):
         DataConfig(condition="segmentation", condition_classes=3).check()
@@ -225,6 +225,12 @@ def test_generate_with_condition_complete_and_extend(seg_runs, tmp_path):
                    "--out", str(tmp_path / "b.png"))
     assert r.returncode == 0 and "sliding window" in r.stdout, r.stderr
     assert Image.open(tmp_path / "b.png").size == (32, 32)  # the map's size is the size sampled
+    from utils.data.registry import layout_palette  # the same layout painted in the default palette
+    Image.fromarray(layout_palette("shapes", 6).numpy()[big]).save(tmp_path / "painted.png")
+    r = run_script("generate.py", "--checkpoint", ckpt, "--condition", str(tmp_path / "painted.png"), "--num", "1",
+                   "--out", str(tmp_path / "p.png"))
+    assert r.returncode == 0 and np.array_equal(np.asarray(Image.open(tmp_path / "p.png")),
+                                                np.asarray(Image.open(tmp_path / "b.png"))), r.stderr
     image = (np.random.default_rng(0).random((16, 16, 3)) * 255).astype(np.uint8)
     Image.fromarray(image).save(tmp_path / "img.png")
     r = run_script("generate.py", "--checkpoint", ckpt, "--condition", str(tmp_path / "mask.png"), "--complete",
@@ -242,7 +248,8 @@ def test_generate_with_condition_complete_and_extend(seg_runs, tmp_path):
     Image.fromarray(image[:15]).save(tmp_path / "img15.png")
     cases = [([], "this model is conditional on segmentation maps: give one with --condition"),
              (["--condition", str(tmp_path / "odd.png")], "gives a 16x15 map, not a multiple of this model's 2-pixel"),
-             (["--condition", str(tmp_path / "rgb.png")], "a segmentation map is a one-channel PNG of class indices"),
+             (["--condition", str(tmp_path / "rgb.png")], "has the colour (0, 0, 0) at pixel (x=0, y=0), which is not in "
+                                                          "this model's layout palette: 0 (40, 40, 40), 1 (230, 60, 60)"),
              (["--condition", str(tmp_path / "nine.png")], "holds class index 9, beyond the condition tokenizer's 6"),
              (["--condition", str(tmp_path / "mask.png"), "--grid", "9x9"], "the map is given at the size to sample"),
              (["--condition", str(tmp_path / "mask.png"), "--complete", str(tmp_path / "img15.png")],

@@ -43,8 +43,8 @@ def test_round_trip(tmp_path):
     ("train.compile=1", "train.compile in override 'train.compile=1': expected true or false, got 1"),
     ("train.max_steps=1.5", "train.max_steps in override 'train.max_steps=1.5': expected an integer, got 1.5"),
     ("model.ch_mult=3", "model.ch_mult in override 'model.ch_mult=3': expected a list of ints like [1, 2], got 3"),
-    ("data.dataset=shape", "data.dataset='shape' in override 'data.dataset=shape' is not one of: shapes, mnist, "
-                           "fashion_mnist, cifar10, folder; did you mean 'shapes'?"),
+    ("data.dataset=shape", "data.dataset='shape' in override 'data.dataset=shape' is not one of: shapes, scenes, "
+                           "mnist, fashion_mnist, cifar10, folder; did you mean 'shapes'?"),
     ("lr=1", "unknown key 'lr' in override 'lr=1'; did you mean 'train.lr'?"),
     ("model=3", "'model' in override 'model=3' is a section, not a value"),
     ("train.max_steps", "override 'train.max_steps' is not of the form section.key=value"),

@@ -22,7 +22,7 @@ from transformer.sampling import centre_keep, decode_images, raster_prefix
 from utils.core.config import check_option, load_config
 from utils.core.errors import UserError, command
 from utils.data.conditions import as_picture
-from utils.data.registry import build_datasets
+from utils.data.registry import build_datasets, layout_palette
 from utils.train.stage1_config import Stage1Config
 from utils.train.stage2_config import Stage2Config
 from vqgan.model import VQGAN
@@ -96,8 +96,9 @@ def stage2_figures(ckpt_path: str, out: str, num: int, seed: int, scale: int = 1
     paths = [os.path.join(out, "samples.png"), os.path.join(out, "sliding.png"), os.path.join(out, "completions.png")]
     val_cache = ckpt.get("token_cache", {}).get("val", "")  # the validation grids the run was scored on
     if cond_vq is not None:
+        colours = layout_palette(cfg.data.dataset, cfg.data.condition_classes)
         return [conditional_figure(vq, cond_vq, cfg.data.condition, val_cache, drawn, num, os.path.join(out,
-                                   "conditions.png"), scale)]
+                                   "conditions.png"), scale, colours)]
     if nc:  # one row per class
         per = max(1, num // nc) if num >= nc else 1
         labels = torch.arange(nc).repeat_interleave(per)
@@ -128,7 +129,8 @@ def stage2_figures(ckpt_path: str, out: str, num: int, seed: int, scale: int = 1
     return paths
 
 
-def conditional_figure(vq, cond_vq, kind: str, val_cache: str, draw, num: int, path: str, scale: int) -> str:
+def conditional_figure(vq, cond_vq, kind: str, val_cache: str, draw, num: int, path: str, scale: int,
+                       colours=None) -> str:
     """conditions.png: validation condition maps (top row), two samples drawn for each (rows 2 and 3), and the
     real images the maps were made from (bottom row)."""
     if not os.path.isfile(val_cache):
@@ -136,7 +138,7 @@ def conditional_figure(vq, cond_vq, kind: str, val_cache: str, draw, num: int, p
     c = torch.load(val_cache, weights_only=True)
     k = min(num, len(c["tokens"]))
     cond = c["cond_tokens"][:k].long()
-    maps = as_picture(cond_vq.decode_indices(cond).float(), kind, logits=True)
+    maps = as_picture(cond_vq.decode_indices(cond).float(), kind, logits=True, colours=colours)
     real = decode_images(vq, c["tokens"][:k].long())
     first = draw(k, cond=cond)
     second = draw(k, cond=cond, again=1)

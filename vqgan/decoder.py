@@ -10,14 +10,16 @@ from vqgan.blocks import AttnBlock, Normalize, ResnetBlock, Upsample
 
 class Decoder(nn.Module):
     def __init__(self, *, out_channels: int, ch: int, ch_mult: Sequence[int], num_res_blocks: int,
-                 attn_resolutions: Sequence[int], z_channels: int, resolution: int, dropout: float = 0.0):
+                 attn_resolutions: Sequence[int], z_channels: int, resolution: int, dropout: float = 0.0,
+                 mid_attention: bool = True):
         super().__init__()
         block_in = ch * ch_mult[-1]
         res = resolution // 2 ** (len(ch_mult) - 1)
         self.conv_in = nn.Conv2d(z_channels, block_in, 3, 1, 1)
         self.mid = nn.Module()
         self.mid.block_1 = ResnetBlock(block_in, block_in, dropout)
-        self.mid.attn_1 = AttnBlock(block_in)
+        # attention in the middle attends over every latent position; without it the network is convolutional
+        self.mid.attn_1 = AttnBlock(block_in) if mid_attention else nn.Identity()
         self.mid.block_2 = ResnetBlock(block_in, block_in, dropout)
         # built from the coarsest level up, stored finest first so that state-dict keys match the official model
         up = []

@@ -10,7 +10,8 @@ from vqgan.blocks import AttnBlock, Downsample, Normalize, ResnetBlock
 
 class Encoder(nn.Module):
     def __init__(self, *, in_channels: int, ch: int, ch_mult: Sequence[int], num_res_blocks: int,
-                 attn_resolutions: Sequence[int], z_channels: int, resolution: int, dropout: float = 0.0):
+                 attn_resolutions: Sequence[int], z_channels: int, resolution: int, dropout: float = 0.0,
+                 mid_attention: bool = True):
         super().__init__()
         self.conv_in = nn.Conv2d(in_channels, ch, 3, 1, 1)
         in_mult = (1,) + tuple(ch_mult)
@@ -31,7 +32,8 @@ class Encoder(nn.Module):
             self.down.append(stage)
         self.mid = nn.Module()
         self.mid.block_1 = ResnetBlock(block_in, block_in, dropout)
-        self.mid.attn_1 = AttnBlock(block_in)
+        # attention in the middle attends over every latent position; without it the network is convolutional
+        self.mid.attn_1 = AttnBlock(block_in) if mid_attention else nn.Identity()
         self.mid.block_2 = ResnetBlock(block_in, block_in, dropout)
         self.norm_out = Normalize(block_in)
         self.conv_out = nn.Conv2d(block_in, z_channels, 3, 1, 1)

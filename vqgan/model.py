@@ -17,6 +17,7 @@ from vqgan.codebook import Codebook
 from vqgan.decoder import Decoder
 from vqgan.encoder import Encoder
 from vqgan.fsq import FSQ
+from vqgan.tiles import decode_tiled, encode_tiled
 
 
 @dataclass
@@ -29,6 +30,9 @@ class VQGANConfig:
     ch_mult: list[int] = num(factory=lambda: [1, 2, 2], min=1)  # per level; f = 2**(levels-1)
     num_res_blocks: int = num(2, min=1)
     attn_resolutions: list[int] = num(factory=lambda: [8], min=1)  # feature-map sides with attention
+    mid_attention: bool = True                        # attention in the middle blocks, over every latent position;
+                                                      # false: a fully convolutional tokenizer, which treats a whole
+                                                      # canvas as it treats the crops it was trained on
     z_channels: int = num(64, min=1)
     dropout: float = num(0.0, min=0, below=1)
     codebook_size: Optional[int] = num(None, min=2)   # number of codes; null: 1024 (vq), the levels' product (fsq)
@@ -39,6 +43,9 @@ class VQGANConfig:
     codebook_restart_after: int = num(100, min=0)     # restart codes unused this many steps; 0 = never
     quantizer: str = choices("vq", "fsq", default="vq")  # vq: a learnt codebook (the paper); fsq: finite scalar
                                                       # quantization (vqgan/fsq.py), no codebook, no codebook loss
+    tile: Optional[int] = num(None, min=1)            # images larger than this are encoded and decoded in
+                                                      # overlapping tiles of this size (vqgan/tiles.py); null in a
+                                                      # stage-1 config: data.crop_size (none: whole images)
     fsq_levels: list[int] = num(factory=list, min=2)  # fsq: levels per latent channel, which make
                                                       # codebook_size (their product) and codebook_dim (their count)
 
@@ -80,7 +87,8 @@ class VQGAN(nn.Module):
                              "config's model section gets them from VQGANConfig.check and the data)")
         self.cfg, self.image_size, self.channels = cfg, cfg.image_size, cfg.channels
         arch = dict(ch=cfg.ch, ch_mult=cfg.ch_mult, num_res_blocks=cfg.num_res_blocks, dropout=cfg.dropout,
-                    attn_resolutions=cfg.attn_resolutions, z_channels=cfg.z_channels, resolution=cfg.image_size)
+                    attn_resolutions=cfg.attn_resolutions, z_channels=cfg.z_channels, resolution=cfg.image_size,
+                    mid_attention=cfg.mid_attention)
         self.encoder = Encoder(in_channels=cfg.channels, **arch)
         self.decoder = Decoder(out_channels=cfg.channels, **arch)
         self.quant_conv = nn.Conv2d(cfg.z_channels, cfg.codebook_dim, 1)
@@ -100,17 +108,29 @@ class VQGAN(nn.Module):
         return self.decoder(self.post_quant_conv(z_q))
 
     def forward(self, x: torch.Tensor):
-        """Training forward. x: (B, C, H, W) -> x_rec (B, C, H, W), codebook loss, {"indices": (B, h, w)}."""
+        """Training forward. x: (B, C, H, W) -> x_rec (B, C, H, W), codebook loss, {"indices": (B, h, w)}. An image
+        larger than the model's tile (one it was not trained on) goes through the tiles, with no loss."""
+        if self._tiled(x.shape[-2:]):
+            indices = self.encode_to_indices(x)
+            return self.decode_indices(indices), x.new_zeros(()), {"indices": indices}
         z_q, vq_loss, indices = self.encode(x)
         return self.decode(z_q), vq_loss, {"indices": indices}
+
+    def _tiled(self, size) -> bool:
+        return self.cfg.tile is not None and max(size) > self.cfg.tile
 
     @torch.no_grad()
     def encode_to_indices(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, C, H, W) in [-1, 1] -> (B, h, w) long code indices."""
+        if self._tiled(x.shape[-2:]):
+            return encode_tiled(self.encode_to_indices, x, self.cfg.tile, self.cfg.downsample_factor)
         return self.codebook.indices(self.quant_conv(self.encoder(x)))
 
     def decode_indices(self, indices: torch.Tensor) -> torch.Tensor:
         """indices: (B, h, w) long -> (B, C, H, W) images."""
+        f = self.cfg.downsample_factor
+        if self._tiled((indices.shape[-2] * f, indices.shape[-1] * f)):
+            return decode_tiled(self.decode_indices, indices, self.cfg.tile, f)
         return self.decode(self.codebook.lookup(indices))
 
     @property

@@ -7,6 +7,7 @@ image it draws (data.condition):
 Every map is a (C, H, W) float tensor in [-1, 1] at the image's size, so that its token grid matches the image's.
 """
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 import torch
@@ -82,18 +83,19 @@ def palette(n: int) -> torch.Tensor:
     return torch.cat([PALETTE, torch.tensor(extra).clamp(0.2, 0.9).reshape(-1, 3)])[:n]
 
 
-def colorize(idx: torch.Tensor, classes: int) -> torch.Tensor:
-    """(B, H, W) class indices -> (B, 3, H, W) pictures in [0, 1], ignored pixels black."""
-    pal = palette(classes)
+def colorize(idx: torch.Tensor, classes: int, colours: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """(B, H, W) class indices -> (B, 3, H, W) pictures in [0, 1], ignored pixels black; colours: (classes, 3) uint8,
+    a dataset's own layout palette (default: palette(classes))."""
+    pal = palette(classes) if colours is None else colours.float() / 255
     out = pal[torch.where(idx == IGNORE, 0, idx).clamp(0, classes - 1)].permute(0, 3, 1, 2)  # (B, 3, H, W)
     return torch.where((idx == IGNORE)[:, None], 0.0, out)
 
 
-def as_picture(maps: torch.Tensor, kind: str, logits: bool = False) -> torch.Tensor:
+def as_picture(maps: torch.Tensor, kind: str, logits: bool = False, colours: Optional[torch.Tensor] = None) -> torch.Tensor:
     """(B, C, H, W) condition maps in [-1, 1] (or, with logits, a segmentation tokenizer's class logits) ->
-    (B, 1 or 3, H, W) pictures in [0, 1]."""
+    (B, 1 or 3, H, W) pictures in [0, 1]; colours: a segmentation layout's palette (colorize)."""
     if kind == "segmentation":
-        return colorize(maps.argmax(1) if logits else class_targets(maps), maps.shape[1])
+        return colorize(maps.argmax(1) if logits else class_targets(maps), maps.shape[1], colours)
     return ((maps.float() + 1) / 2).clamp(0, 1)
 
 
@@ -117,11 +119,28 @@ class Condition:
         return raw
 
 
-def read_condition(path: str, kind: str, channels: int, classes: int = 0, factor: int = CONDITION_FACTOR) -> torch.Tensor:
+def layout_classes(rgb: torch.Tensor, colours: torch.Tensor, path: str) -> torch.Tensor:
+    """rgb: (H, W, 3) uint8 a layout painted in `colours` ((classes, 3) uint8) -> (H, W) long class indices; a colour
+    outside the palette is a UserError naming it, where it first stands and the palette."""
+    match = (rgb[:, :, None, :] == colours[None, None]).all(-1)  # (H, W, classes)
+    seg = match.int().argmax(-1)
+    bad = ~match.any(-1)
+    if bad.any():
+        y, x = (int(v) for v in bad.nonzero()[0])
+        listed = ", ".join(f"{k} {tuple(c)}" for k, c in enumerate(colours.tolist()))
+        raise UserError(f"--condition: '{path}' has the colour {tuple(rgb[y, x].tolist())} at pixel (x={x}, y={y}), "
+                        f"which is not in this model's layout palette: {listed}; paint each class in its colour "
+                        "exactly (no anti-aliasing)")
+    return seg.long()
+
+
+def read_condition(path: str, kind: str, channels: int, classes: int = 0, factor: int = CONDITION_FACTOR,
+                   colours: Optional[torch.Tensor] = None) -> torch.Tensor:
     """A user's condition map file -> (1, C, H, W) in [-1, 1] at the image's size, as the condition tokenizer sees
-    it: a PNG of class indices (segmentation), an edge map (one channel, edges bright), a small image (lowres,
-    repeated factor times), or a paired map of the image's size. A map of another kind (channels, classes) is a
-    UserError."""
+    it: a PNG of class indices or an RGB picture painted in the layout palette `colours` ((classes, 3) uint8; each
+    colour one class) for segmentation, an edge map (one channel, edges bright), a small image (lowres, repeated
+    factor times), or a paired map of the image's size. A map of another kind (channels, classes, a colour outside
+    the palette) is a UserError."""
     try:
         with Image.open(path) as im:
             im.load()
@@ -132,10 +151,13 @@ def read_condition(path: str, kind: str, channels: int, classes: int = 0, factor
         raise UserError(f"--condition: '{path}' is not a readable image ({type(e).__name__})") from None
     have = 1 if arr.ndim == 2 else arr.shape[2]
     if kind == "segmentation":
-        if have != 1 or mode not in ("L", "P", "I", "I;16"):
-            raise UserError(f"--condition: a segmentation map is a one-channel PNG of class indices; '{path}' has "
-                            f"{have} channels ({mode})")
-        seg = torch.from_numpy(arr.astype(np.int64))
+        if have in (3, 4) and colours is not None:
+            seg = layout_classes(torch.from_numpy(np.array(arr[..., :3])), colours, path)
+        elif have != 1 or mode not in ("L", "P", "I", "I;16"):
+            raise UserError(f"--condition: a segmentation map is a one-channel PNG of class indices or an RGB picture "
+                            f"in the layout palette; '{path}' has {have} channels ({mode})")
+        else:
+            seg = torch.from_numpy(arr.astype(np.int64))
         bad = seg[(seg >= classes) & (seg != IGNORE)]
         if len(bad):
             raise UserError(f"--condition: '{path}' holds class index {int(bad.max())}, beyond the condition "

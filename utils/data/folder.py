@@ -136,7 +136,7 @@ class FolderDataset(ImageDataset):
             m = mp.resize(new, Image.NEAREST if classes else Image.BICUBIC).crop(box)
             raw = torch.from_numpy(np.asarray(m, dtype=np.int64)) if classes else to_tensor(np.asarray(m), self.channels)
             raw = raw.flip(-1) if flip else raw
-        return self.item(x.flip(-1) if flip else x, raw, self.labels[k])
+        return self.item(x.flip(-1) if flip else x, raw, self.labels[k], i)
 
 
 def build(data, seed: int, augment: bool, cond, view: str):

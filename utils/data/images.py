@@ -37,9 +37,11 @@ def fit_size(img: np.ndarray, size: int, nearest: bool = False) -> np.ndarray:
     return np.asarray(Image.fromarray(img).resize((size, size), Image.NEAREST if nearest else Image.BICUBIC))
 
 
-def item_generator(seed: int, epoch: int, index: int) -> torch.Generator:
-    """The generator of one item's augmentation: the same for (seed, epoch, index) whatever the workers or resume."""
-    return torch.Generator().manual_seed(((seed * 1_000_003 + epoch) * 1_000_033 + index) % (2 ** 63))
+def item_generator(seed: int, epoch: int, index: int, stream: int = 0) -> torch.Generator:
+    """The generator of one item's augmentation: the same for (seed, epoch, index) whatever the workers or resume;
+    `stream` 1 for the crops, independent of stream 0 (the flips and a folder's crops)."""
+    return torch.Generator().manual_seed(((seed * 1_000_003 + epoch) * 1_000_033 + index + stream * 7_919_000_011)
+                                         % (2 ** 63))
 
 
 class ImageDataset(Dataset):
@@ -49,6 +51,7 @@ class ImageDataset(Dataset):
     def __init__(self, class_names=None, sources=(), condition=None, view: str = "image"):
         self.class_names, self.sources, self.condition, self.view, self.epoch = class_names, list(sources), \
             condition, view, 0
+        self.crop, self.crop_seed = None, 0
         if view == "condition" and condition is None:
             raise ValueError("a condition view needs a condition")
 
@@ -61,7 +64,18 @@ class ImageDataset(Dataset):
         other.view = view
         return other
 
-    def item(self, x: torch.Tensor, raw, label: torch.Tensor):
+    def crop_to(self, size: int, seed: int) -> None:
+        """Items become random size x size crops (image and map alike), seeded by (seed, epoch, index)."""
+        self.crop, self.crop_seed = size, seed
+
+    def item(self, x: torch.Tensor, raw, label: torch.Tensor, index: int):
+        """(the image or its condition map, label): x (C, H, W) and raw (its map as the dataset read it, or None) as
+        augmented, cropped alike when crop_to asked for crops."""
+        if self.crop:
+            g = item_generator(self.crop_seed, self.epoch, index, stream=1)
+            top, left = (int(torch.randint(0, n - self.crop + 1, (), generator=g)) for n in x.shape[-2:])
+            x = x[..., top:top + self.crop, left:left + self.crop]
+            raw = None if raw is None else raw[..., top:top + self.crop, left:left + self.crop]
         return (self.condition.of(x, raw) if self.view == "condition" else x), label
 
 
@@ -96,7 +110,7 @@ class ArrayDataset(ImageDataset):
         raw = None if self.masks is None else torch.from_numpy(fit_size(self.masks[i], self.size, nearest=True)).long()
         if self.flip and torch.rand((), generator=item_generator(self.seed, self.epoch, i)) < 0.5:
             x, raw = x.flip(-1), (None if raw is None else raw.flip(-1))
-        return self.item(x, raw, self.labels[i])
+        return self.item(x, raw, self.labels[i], i)
 
 
 def stack(ds) -> tuple[torch.Tensor, torch.Tensor]:

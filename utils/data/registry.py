@@ -11,13 +11,16 @@ Adding a dataset: a module that makes a `DatasetSpec` (utils/data/spec.py), and 
 """
 import os
 
+import torch
+
 from utils.core.errors import UserError
-from utils.data import cifar10, folder, mnist, shapes
-from utils.data.conditions import Condition
+from utils.data import cifar10, folder, mnist, scenes, shapes
+from utils.data.conditions import Condition, palette
 from utils.data.spec import DatasetSpec
 
 DATASETS: dict[str, DatasetSpec] = {spec.name: spec for spec in (
     shapes.SPEC,
+    scenes.SPEC,
     mnist.MNIST,
     mnist.FASHION_MNIST,
     cifar10.SPEC,
@@ -36,13 +39,23 @@ def class_names_of(name: str) -> tuple[str, ...]:
     return DATASETS[name].class_names or () if name in DATASETS else ()
 
 
+def layout_palette(name: str, classes: int) -> torch.Tensor:
+    """(classes, 3) uint8: the colours of a segmentation layout's classes, the dataset's own or the default."""
+    own = DATASETS[name].mask_palette if name in DATASETS else None
+    return torch.tensor(own, dtype=torch.uint8) if own else (palette(classes) * 255).round().to(torch.uint8)
+
+
 def build_datasets(data, seed: int, augment: bool = True, view: str = None):
     """(train, val) datasets for a checked data section `data` (DataConfig.check); augment=False gives the training
     split without random crops or flips (stage 2 encodes it once); view: "image" or "condition" (default:
-    data.tokenize)."""
+    data.tokenize). With data.crop_size, the training split yields random crops of that size (image and map alike)
+    of its images brought to data.image_size."""
     cond = None if data.condition == "none" else Condition(data.condition, data.condition_classes,
                                                               data.condition_factor)
-    return dataset_spec(data.dataset).build(data, seed, augment, cond, view or data.tokenize)
+    train, val = dataset_spec(data.dataset).build(data, seed, augment, cond, view or data.tokenize)
+    if augment and getattr(data, "crop_size", None):
+        train.crop_to(data.crop_size, seed)
+    return train, val
 
 
 def cache_settings(data, seed: int) -> dict:

@@ -104,5 +104,6 @@ def segmenter_data(size: int, n: int, n_held_out: int):
 
 SPEC = DatasetSpec("shapes", build, lambda data, seed: {"num_train": data.num_train, "num_val": data.num_val,
                                                         "seed": seed},
-                   class_names=SHAPE_CLASSES, mask_classes=len(SHAPE_CLASSES) + 1, judge="rendered",
+                   class_names=SHAPE_CLASSES, mask_classes=len(SHAPE_CLASSES) + 1,
+                   mask_names=("background",) + SHAPE_CLASSES, judge="rendered",
                    judge_data=judge_data, segmenter_data=segmenter_data)

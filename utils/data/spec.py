@@ -15,6 +15,9 @@ class DatasetSpec:
     key_settings: Callable
     class_names: Optional[tuple[str, ...]] = None  # fixed classes; None: none, or read from the files (folder)
     mask_classes: int = 0           # classes of the segmentation masks it makes itself, background included; 0: none
+    mask_names: tuple[str, ...] = ()  # their names, class 0 first
+    mask_palette: Optional[tuple] = None  # their colours (RGB, 0-255) in pictures and in painted layouts; None: the
+                                    # default palette (utils/data/conditions.py)
     map_root: bool = False          # reads condition maps (segmentation, paired) from data.condition_root
     subfolder_labels: bool = False  # takes data.labels=subfolders
     judge: str = ""                 # the classifier recipe that judges samples (utils/eval/classifier.py): "real"

@@ -58,14 +58,29 @@ class ReconstructionScores:
         return out
 
 
+def fixed_crops(x: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
+    """x: (B, C, H, W) -> (B, C, size, size): one crop of each image, where `generator` puts it."""
+    H, W = x.shape[-2:]
+    top = torch.randint(0, H - size + 1, (len(x),), generator=generator).tolist()
+    left = torch.randint(0, W - size + 1, (len(x),), generator=generator).tolist()
+    return torch.stack([img[:, t:t + size, l:l + size] for img, t, l in zip(x, top, left)])
+
+
+# the figures of fixed validation crops that metrics.json adds beside those of whole images
+CROP_FIGURES = ("psnr", "ssim", "pixel_accuracy", "miou")
+
+
 @torch.no_grad()
 def evaluate(model, loader, device, ctx, lpips=None, inception=None, max_batches: int = 0,
-             class_maps: bool = False) -> tuple[dict, tuple]:
+             class_maps: bool = False, crop_size: int = None) -> tuple[dict, tuple]:
     """A VQGAN's figures over the (sharded) val split of `loader` (at most max_batches batches; 0: all), and the first
-    batch's inputs and reconstructions (8 of each). class_maps: the model tokenizes class maps."""
+    batch's inputs and reconstructions (8 of each). class_maps: the model tokenizes class maps. crop_size: also the
+    figures of one fixed crop of that size per image (the same crops at every evaluation), as crop_<figure>."""
     model.eval()
-    scores = ReconstructionScores(model.codebook.codebook_size, device, model.channels if class_maps else 0, lpips,
-                                  inception)
+    classes = model.channels if class_maps else 0
+    scores = ReconstructionScores(model.codebook.codebook_size, device, classes, lpips, inception)
+    crops = ReconstructionScores(model.codebook.codebook_size, device, classes) if crop_size else None
+    where = torch.Generator().manual_seed(1234)
     first = None
     for i, (x, _) in enumerate(loader):
         if max_batches and i >= max_batches:
@@ -76,4 +91,12 @@ def evaluate(model, loader, device, ctx, lpips=None, inception=None, max_batches
         if first is None:
             first = (x[:8].cpu(), x_rec[:8].float().cpu())
         scores.update(x, x_rec, info["indices"])
-    return scores.result(), first
+        if crops is not None:
+            xc = fixed_crops(x, crop_size, where)
+            with ctx:
+                xc_rec, _, info = model(xc)
+            crops.update(xc, xc_rec, info["indices"])
+    out = scores.result()
+    if crops is not None:
+        out.update({f"crop_{k}": v for k, v in crops.result().items() if k in CROP_FIGURES})
+    return out, first

@@ -28,6 +28,8 @@ class DataConfig:
     val_root: Optional[str] = None      # folder only: a separate validation tree instead of val_fraction
     val_fraction: float = num(0.05, min=0, below=1)  # folder only: deterministic held-out fraction (at least one image)
     image_size: int = num(32, min=1)
+    crop_size: Optional[int] = num(None, min=1)  # stage 1: train on random crops of this size of the images brought
+                                        # to image_size (image and map alike); null: the whole image
     channels: int = choices(1, 3, default=3)
     batch_size: int = num(32, min=1)
     num_workers: int = num(0, min=0)
@@ -57,8 +59,9 @@ class DataConfig:
             return
         if kind in ("segmentation", "paired") and not spec.map_root and not (kind == "segmentation" and
                                                                             spec.mask_classes):
-            masked = " and ".join(f"the {s.name} set" for s in DATASETS.values() if s.mask_classes)
-            raise ConfigError(f"data.condition={kind} needs maps: " + (f"{masked} has masks, a folder dataset takes "
+            masked = [s.name for s in DATASETS.values() if s.mask_classes]
+            have = f"the {masked[0]} set has" if len(masked) == 1 else f"the {' and '.join(masked)} sets have"
+            raise ConfigError(f"data.condition={kind} needs maps: " + (f"{have} masks, a folder dataset takes "
                               "them from data.condition_root" if kind == "segmentation" else "a folder dataset takes "
                               "them from data.condition_root"))
         if spec.map_root and kind in ("segmentation", "paired") and not self.condition_root:
@@ -159,13 +162,25 @@ class Stage1Config:
                               "leave model.channels null")
         m.image_size = d.image_size if m.image_size is None else m.image_size
         m.channels = seen
+        m.tile = d.crop_size if m.tile is None else m.tile  # a tokenizer trained on crops tiles larger images
         m.check(where)
         f = m.downsample_factor
         if d.image_size % f:
             raise ConfigError(f"data.image_size={d.image_size} is not divisible by the downsampling factor {f} "
                               f"of model.ch_mult={m.ch_mult} ({where}); use a multiple of {f}")
+        if d.crop_size is not None and (d.crop_size > d.image_size or d.crop_size % f):
+            raise ConfigError(f"data.crop_size={d.crop_size} must be at most data.image_size={d.image_size} and a "
+                              f"multiple of the downsampling factor {f} of model.ch_mult={m.ch_mult} ({where}); use "
+                              f"e.g. {min(d.image_size, max(f, d.crop_size - d.crop_size % f))}, or null for whole "
+                              "images")
+        seen_size = d.crop_size or d.image_size  # what the discriminator is shown
+        if m.tile is not None and m.tile < seen_size:
+            raise ConfigError(f"model.tile={m.tile} is smaller than the training images (data."
+                              f"{'crop' if d.crop_size else 'image'}_size={seen_size}) ({where}); the tiles are for "
+                              "images larger than those trained on: leave model.tile null")
         if self.loss.disc_start < self.train.max_steps and \
-                PatchDiscriminator.output_size(d.image_size, self.loss.disc_layers) < 1:
-            raise ConfigError(f"data.image_size={d.image_size} is too small for loss.disc_layers="
-                              f"{self.loss.disc_layers} ({where}); use fewer layers or a later loss.disc_start")
+                PatchDiscriminator.output_size(seen_size, self.loss.disc_layers) < 1:
+            raise ConfigError(f"data.{'crop' if d.crop_size else 'image'}_size={seen_size} is too small for "
+                              f"loss.disc_layers={self.loss.disc_layers} ({where}); use fewer layers or a later "
+                              "loss.disc_start")
         self.train.check(where)

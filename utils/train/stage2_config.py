@@ -56,6 +56,10 @@ class Stage2Config:
             raise ConfigError(f"train.pkeep={self.train.pkeep} corrupts a GPT's inputs; a masked model (model.kind="
                               f"maskgit) masks them instead: leave train.pkeep=1.0 ({where})")
         d = self.data
+        if d.crop_size is not None:
+            raise ConfigError(f"data.crop_size={d.crop_size} is for stage 1 ({where}): stage 2 encodes whole images "
+                              "once and trains on windows of their token grids; leave data.crop_size out and set "
+                              "model.window")
         if d.tokenize != "image":
             raise ConfigError(f"data.tokenize={d.tokenize} is for stage 1; a transformer reads image tokens ({where})")
         if (d.condition != "none") != bool(self.stage1.condition_checkpoint):
