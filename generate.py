@@ -3,7 +3,7 @@
     python generate.py [--checkpoint runs/shapes_gpt/checkpoints/last.pt] [--num 8] [--grid HxW] [--class C|NAME]
                        [--temperature T] [--top-k K] [--top-p P] [--cfg-scale S] [--seed S] [--out PNG]
                        [--condition MAP.png] [--complete IMAGE.png [--keep-rows R]] [--extend IMAGE.png]
-                       [--inpaint IMAGE.png --mask MASK.png] [--steps S]
+                       [--inpaint IMAGE.png --mask MASK.png] [--steps S] [--window-placement centred|strided]
 
 --grid larger than the trained window samples a larger image with the sliding window (a GPT) or windowed
 parallel decoding (a masked model). --condition gives a conditional model its map (at the size to sample; a
@@ -153,6 +153,9 @@ def generate(argv=None) -> None:
     p.add_argument("--mask", default=None, metavar="MASK.png", help="white where --inpaint re-samples")
     p.add_argument("--steps", type=int, default=None,
                    help="masked models: parallel decoding rounds (default: the run's sample.steps)")
+    p.add_argument("--window-placement", default=None, metavar="centred|strided",
+                   help="a GPT on a --grid larger than its window: where the window sits for each token (default: "
+                        "the run's sample.window_placement)")
     p.add_argument("--device", default="auto")
     args = p.parse_args(argv)
     if sum(bool(a) for a in (args.complete, args.extend, args.inpaint)) > 1:
@@ -167,7 +170,8 @@ def generate(argv=None) -> None:
     window, masked = gpt.cfg.window, gpt.cfg.masked
     settings = load_config(SampleConfig, base=ckpt["config"]["sample"], base_name=f"checkpoint '{args.checkpoint}'")
     settings = settings.with_options(gpt, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                                     cfg_scale=args.cfg_scale, steps=args.steps)
+                                     cfg_scale=args.cfg_scale, steps=args.steps,
+                                     window_placement=args.window_placement)
     if args.inpaint and not masked:
         raise UserError("--inpaint re-samples a free-form region, which needs a masked model (model.kind=maskgit); "
                         "a GPT samples in raster order: use --complete, or train a masked model")
@@ -240,7 +244,8 @@ def generate(argv=None) -> None:
     if masked:
         mode = ("windowed " if grid != window else "") + f"parallel decoding, {settings.steps} rounds"
     else:
-        mode = ("sliding window, " if grid != window else "") + ("no KV cache" if args.no_kv_cache else "KV cache")
+        mode = (f"sliding window, {settings.window_placement} placement, " if grid != window else "") + \
+            ("no KV cache" if args.no_kv_cache else "KV cache")
     print(f"{args.num} image(s), grid {grid[0]}x{grid[1]} ({mode}): {n_tok} tokens in {elapsed:.2f}s = "
           f"{n_tok / max(elapsed, 1e-9):.0f} tokens/s")
     print(f"wrote {out}")

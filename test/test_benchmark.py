@@ -117,6 +117,18 @@ def test_maskgit_benchmark_rows(monkeypatch):
     assert row["maskgit_gflop_per_image"] > row["gpt_kv_gflop_per_image"] > 0  # 8 rounds over every token cost more
 
 
+def test_canvas_scaling_rows(monkeypatch):
+    from utils.benchmark import canvas
+    gpt = canvas.scene_gpt(torch.device("cpu"))
+    assert (gpt.cfg.window, gpt.cfg.n_embd, gpt.cfg.codebook_size, gpt.cfg.cond_codebook_size) == ((8, 8), 128, 256, 128)
+    monkeypatch.setattr(canvas, "SIDES", (8, 10, 12))
+    r = canvas.bench_canvas(torch.device("cpu"), quick=True)
+    assert set(r["tokens_per_sec"]) == set(r["centred_tokens_per_sec"]) == {"8x8", "10x10", "12x12"}
+    assert r["ratio"] == pytest.approx(r["tokens_per_sec"]["12x12"] / r["tokens_per_sec"]["10x10"])
+    assert r["placement"] in ("centred", "strided") and r["plain_gain"] > 0 and r["vs_recompute"] > 0
+    assert r["placement"] != "centred" or r["vs_recompute"] == r["centred_vs_recompute"]
+
+
 FASHION = "/usr/share/datasets/fashion-mnist"
 
 

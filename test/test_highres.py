@@ -175,3 +175,27 @@ def test_a_tokenizer_trained_on_crops_tiles_larger_images():
     with pytest.raises(ConfigError, match=r"model.tile=16 is smaller than the training images \(data.crop_size=32\)"):
         load_config(Stage1Config, overrides=["data.crop_size=32", "model.tile=16"])
 
+
+def test_window_placements():
+    grid, window = (4, 32), (4, 8)
+    centred = [window_origin(0, j, grid, window)[1] for j in range(32)]
+    strided = [window_origin(0, j, grid, window, "strided")[1] for j in range(32)]
+    assert centred == [0] * 5 + list(range(1, 25)) + [24] * 3
+    assert strided == [0] * 6 + [4] * 4 + [8] * 4 + [12] * 4 + [16] * 4 + [20] * 4 + [24] * 6
+    assert all(left <= j < left + 8 for j, left in enumerate(strided))  # every token inside its window
+    assert all(2 <= j - left < 6 for j, left in enumerate(strided) if 6 <= j < 26)  # in the middle half, inside
+    assert window_origin(5, 9, (12, 12), (3, 3), "strided") == window_origin(5, 9, (12, 12), (3, 3))  # stride 1
+    with pytest.raises(ValueError, match="unknown window placement 'left'; choose from centred, strided"):
+        window_origin(0, 0, grid, window, "left")
+
+
+def test_both_placements_are_plain_sampling_when_the_grid_is_the_window():
+    torch.manual_seed(0)
+    gpt = GPT(GPTConfig(codebook_size=9, window=(3, 4), cond_codebook_size=5, n_layer=1, n_head=2, n_embd=16)).eval()
+    cond = torch.randint(0, 5, (2, 3, 4))
+    draws = [sample(gpt, 2, (3, 4), cond=cond, placement=p, use_cache=c, generator=torch.Generator().manual_seed(4))
+             for p in ("centred", "strided") for c in (True, False)]
+    assert all(torch.equal(d, draws[0]) for d in draws[1:])
+    big = [sample(gpt, 2, (6, 12), cond=torch.randint(0, 5, (2, 6, 12), generator=torch.Generator().manual_seed(1)),
+                  placement="strided", use_cache=c, generator=torch.Generator().manual_seed(4)) for c in (True, False)]
+    assert torch.equal(big[0], big[1])  # the cache changes nothing but speed with either placement

@@ -169,6 +169,9 @@ def test_draw_picks_the_sampler_of_the_model():
         SampleConfig().with_options(gpt, choice_temperature=2.0)
     assert draw(gpt, 2, SampleConfig(), generator=torch.Generator().manual_seed(0)).shape == (2, 3, 4)
     m = tiny_maskgit()
+    with pytest.raises(UserError, match="--window-placement is where a GPT's sliding window sits for each token; this "
+                                        "checkpoint is a masked model"):
+        SampleConfig().with_options(m, window_placement="strided")
     a = draw(m, 2, SampleConfig(), generator=torch.Generator().manual_seed(0))  # the default rounds
     b = sample_masked(m, 2, generator=torch.Generator().manual_seed(0), steps=8)
     assert torch.equal(a, b)

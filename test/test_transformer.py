@@ -270,18 +270,22 @@ def test_end_to_end_and_generate(tmp_path, stage1):
     r = run_script("generate.py", "--checkpoint", ckpt, "--num", "1", "--grid", "16x24", "--out",
                    str(tmp_path / "big.png"))
     assert r.returncode == 0, r.stderr
-    assert Image.open(tmp_path / "big.png").size == (48, 32) and "sliding window" in r.stdout
+    assert Image.open(tmp_path / "big.png").size == (48, 32) and "(sliding window, centred placement" in r.stdout
+    r = run_script("generate.py", "--checkpoint", ckpt, "--num", "1", "--grid", "16x24", "--out",
+                   str(tmp_path / "big_strided.png"), "--window-placement", "strided")
+    assert r.returncode == 0 and "(sliding window, strided placement, KV cache)" in r.stdout, r.stderr
     r = run_script("generate.py", "--checkpoint", ckpt, "--num", "2", "--no-kv-cache")
     assert r.returncode == 0 and "(no KV cache)" in r.stdout
     r = run_script("generate.py", "--checkpoint", ckpt, "--num", "1", "--grid", "9x8", "--no-kv-cache", "--out",
                    str(tmp_path / "nc.png"))
-    assert r.returncode == 0 and "(sliding window, no KV cache)" in r.stdout, r.stderr
+    assert r.returncode == 0 and "(sliding window, centred placement, no KV cache)" in r.stdout, r.stderr
     assert os.path.isfile(f"{d}/samples/samples_seed0_8x8.png")  # default: the run folder's samples/
     for args, msg in [(["--grid", "0x3"], "both sides must be at least 1"),
                       (["--grid", "abc"], "is not of the form HxW"),
                       (["--grid", "4x4"], "smaller than the trained window 8x8"),
                       (["--class", "5"], "--class 5 is out of range: this model has classes 0..4"),
-                      (["--num", "0"], "--num 0 is out of range: must be at least 1")]:
+                      (["--num", "0"], "--num 0 is out of range: must be at least 1"),
+                      (["--window-placement", "left"], "--window-placement left is not one of centred, strided")]:
         r = run_script("generate.py", "--checkpoint", ckpt, *args)
         assert r.returncode == 2 and msg in r.stderr and "Traceback" not in r.stderr, (args, r.stderr)
     r = run_script("generate.py", "--checkpoint", stage1)

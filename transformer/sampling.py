@@ -2,9 +2,10 @@
 
 `sample` draws an H x W grid in raster order. Each position is predicted from the tokens before it inside
 the model's window, placed by `window_origin`: centred on the position where possible, clamped at the
-borders (the paper's scheme for images larger than the training crops). With grid == window the window
-never moves and this is plain sampling of the whole sequence. The KV cache is kept while the window stays
-put and refilled when it moves, so the cache changes nothing but speed.
+borders (the paper's scheme for images larger than the training crops), or moved across in strides of half
+the window. With grid == window the window never moves and this is plain sampling of the whole sequence. The
+KV cache is kept while the window stays put and refilled when it moves, so the cache changes nothing but
+speed; the centred window moves with every token of a row, the strided one every half window.
 """
 from typing import Optional, Sequence
 
@@ -58,11 +59,24 @@ class _Stepper:
         return mix_guidance(out, self.cfg_scale) if self.guided else out
 
 
-def window_origin(i: int, j: int, grid: tuple[int, int], window: tuple[int, int]) -> tuple[int, int]:
-    """Top-left corner of the window used for grid position (i, j): centred on it where possible,
-    clamped at the borders, so that the position is always inside."""
+# where the window sits for each token: "centred" on it (the paper's), or "strided": moved across in strides of half
+# the window's width, so that it stays put (and the KV cache serves) for half a window of tokens in a row
+PLACEMENTS = ("centred", "strided")
+
+
+def window_origin(i: int, j: int, grid: tuple[int, int], window: tuple[int, int],
+                  placement: str = "centred") -> tuple[int, int]:
+    """Top-left corner of the window used for grid position (i, j), clamped at the borders, so that the position is
+    always inside. centred: centred on it where possible; strided: the centred corner rounded across to a multiple
+    of half the window's width (the position lies between a quarter and three quarters of the way across)."""
     (H, W), (wh, ww) = grid, window
-    return min(max(i - wh // 2, 0), H - wh), min(max(j - ww // 2, 0), W - ww)
+    left = j - ww // 2
+    if placement == "strided":
+        s = max(1, ww // 2)
+        left = s * ((left + s // 2) // s)
+    elif placement != "centred":
+        raise ValueError(f"unknown window placement {placement!r}; choose from {', '.join(PLACEMENTS)}")
+    return min(max(i - wh // 2, 0), H - wh), min(max(left, 0), W - ww)
 
 
 def raster_prefix(grid: tuple[int, int], n: int) -> torch.Tensor:
@@ -94,7 +108,7 @@ def sample(gpt: GPT, batch: int, grid: Optional[tuple[int, int]] = None, classes
            temperature: float = 1.0, top_k: Optional[int] = None, top_p: Optional[float] = None,
            cfg_scale: float = 1.0, generator: Optional[torch.Generator] = None, cond: Optional[torch.Tensor] = None,
            tokens: Optional[torch.Tensor] = None, keep: Optional[torch.Tensor] = None,
-           use_cache: bool = True) -> torch.Tensor:
+           use_cache: bool = True, placement: str = "centred") -> torch.Tensor:
     """Samples `batch` token grids of size `grid` (default: the model's window) -> (B, H, W) long.
 
     classes: class ids for a class-conditional model (cycled; None cycles through all of them).
@@ -102,7 +116,7 @@ def sample(gpt: GPT, batch: int, grid: Optional[tuple[int, int]] = None, classes
     tokens/keep: a (B, H, W) grid and a (H, W) bool mask of the positions to keep from it (completion,
     out-painting); the others are sampled in raster order, each from the tokens before it in its window.
     cfg_scale: classifier-free guidance. use_cache=False runs the whole window context for every token
-    (the reference scheme, and the speed baseline)."""
+    (the reference scheme, and the speed baseline). placement: where the window sits (PLACEMENTS)."""
     window = wh, ww = gpt.cfg.window
     H, W = grid = checked_grid(gpt.cfg, grid, cond)
     device = next(gpt.parameters()).device
@@ -114,7 +128,7 @@ def sample(gpt: GPT, batch: int, grid: Optional[tuple[int, int]] = None, classes
         i, j = divmod(pos, W)
         if keep[i, j]:
             continue
-        top, left = window_origin(i, j, grid, window)
+        top, left = window_origin(i, j, grid, window, placement)
         li, lj = i - top, j - left
         ctx = window_seq(out, top, left, window)[:, :li * ww + lj]  # (B, p) before (i, j)
         prefix = with_condition(start, None if cond is None else window_seq(cond, top, left, window), gpt.cfg)

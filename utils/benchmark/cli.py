@@ -6,6 +6,7 @@ import time
 
 import torch
 
+from utils.benchmark.canvas import bench_canvas
 from utils.benchmark.lookup import bench_codebook
 from utils.benchmark.maskgit import bench_maskgit
 from utils.benchmark.precision import bench_bf16
@@ -27,6 +28,7 @@ RUNNERS = {
     "bf16_vqgan_step": lambda device, quick, ctx: bench_bf16(device, quick, "vqgan"),
     "bf16_gpt_step": lambda device, quick, ctx: bench_bf16(device, quick, "gpt"),
     "sample_maskgit": lambda device, quick, ctx: bench_maskgit(device, quick),
+    "canvas_scaling": lambda device, quick, ctx: bench_canvas(device, quick),
     "time_to_quality": lambda device, quick, ctx: bench_time_to_quality(device, quick),
 }
 ON_REQUEST = ("time_to_quality",)  # long (minutes of training): run only when named in --only
@@ -67,7 +69,7 @@ def main(argv=None) -> None:
         base = f"{r['baseline_median_ms']:.1f} ms" if "baseline_median_ms" in r else "-"
         ratio = f"{r['ratio']:.2f}x" if "ratio" in r else "-"
         extra = []
-        if "tokens_per_sec" in r:
+        if "tokens_per_sec" in r and "plain_gain" not in r:
             extra.append(f"{r['tokens_per_sec']:.0f} tok/s")
         if "baseline_tokens_per_sec" in r:
             extra.append(f"baseline {r['baseline_tokens_per_sec']:.0f} tok/s")
@@ -84,6 +86,11 @@ def main(argv=None) -> None:
         if "ratio_8x8" in r:
             extra.append(f"8x8: {r['ratio_8x8']:.2f}x; batch 8: {r['ratio_batch8']:.2f}x (16x16), "
                          f"{r['ratio_8x8_batch8']:.2f}x (8x8)")
+        if "plain_gain" in r:
+            extra.append(f"{r['placement']} placement: " + ", ".join(f"{k} {v:.0f}" for k, v in
+                                                                    r["tokens_per_sec"].items())
+                         + f" tok/s, 64x64/32x32 {r['ratio']:.2f}; KV cache gain {r['vs_recompute']:.2f}x at 64x64 "
+                         f"(centred {r['centred_vs_recompute']:.2f}x), {r['plain_gain']:.2f}x on one window")
         if "note" in r:
             extra.append(r["note"])
         print(f"{name:<17} {ours:>12} {base:>12} {ratio:>7}  {'; '.join(extra)}", flush=True)
