@@ -3,6 +3,7 @@
     python -m utils.sample_eval RUN_DIR [--per-class 300] [--seed 0] [--cfg-scale S] [--top-p P] [--top-k K]
                                         [--temperature T] [--steps S] [--choice-temperature C] [--device D]
                                         [--no-recon] [--complete] [--inpaint] [--held-out 500]
+                                        [--canvas-size PIXELS] [--against RUN_DIR]
 
 A class-conditional model: draws --per-class samples of every class with the run's sampling settings (or those
 given) and classifies them. Prints, per class, the share of samples recognised as their class; for shapes also the
@@ -11,7 +12,11 @@ images; on the stage-1 reconstructions of real validation images (the ceiling a 
 and the Fréchet distance between samples and real validation images in the classifier's feature space, beside the
 same distance for real training images (the floor).
 A conditional model (shapes masks, Fashion-MNIST or MNIST low resolution): --held-out validation maps, one sample
-each, scored as utils/eval/cond_eval.py says. --complete: also completions of --held-out validation images' bottom
+each, scored as utils/eval/cond_eval.py says. A model of large canvases with layouts (scenes): --held-out (default
+100) held-out layouts at --canvas-size (default: the run's image size), one canvas each by the sliding window with
+every window placement, scored by the layout segmenter against the tokenizer's ceiling, --against another run on
+the same layouts and seeds; unconditional, the Fréchet distance of the canvases' crops (utils/eval/layouts.py);
+both write a picture beside sample_eval.json. --complete: also completions of --held-out validation images' bottom
 halves; --inpaint (masked models): also the re-sampling of their centre 4x4 tokens. Writes
 RUN_DIR/sample_eval.json.
 """
@@ -21,6 +26,7 @@ import json
 import os
 
 import torch
+from torchvision.utils import save_image
 
 from transformer.draw import draw
 from transformer.loading import load_transformer
@@ -29,9 +35,10 @@ from utils.core.config import check_option, load_config
 from utils.core.distributed import DistInfo, select_device
 from utils.core.errors import UserError, command
 from utils.core.runlog import setup_logging
-from utils.data.registry import build_datasets, dataset_spec
+from utils.data.registry import DATASETS, build_datasets, dataset_spec
 from utils.eval.classifier import classify, load_or_train
 from utils.eval.cond_eval import evaluate_completion, evaluate_inpainting, evaluate_segmentation, evaluate_superres
+from utils.eval.layouts import evaluate_canvases, evaluate_layouts
 from utils.eval.metrics import FeatureStats, frechet_distance
 from utils.train.stage2_config import Stage2Config
 
@@ -45,10 +52,11 @@ def fd(a: torch.Tensor, b: torch.Tensor) -> float:
 
 @torch.no_grad()
 def evaluate(run_dir: str, per_class: int = 300, seed: int = 0, options: dict = None, device: str = "auto",
-             recon: bool = True, batch: int = 100, complete: bool = False, held_out: int = 500,
-             inpaint: bool = False) -> dict:
+             recon: bool = True, batch: int = 100, complete: bool = False, held_out: int = None,
+             inpaint: bool = False, canvas_size: int = None, against: str = None) -> dict:
     """The scores that fit the run: per-class recognition for a class-conditional model, mask coverage for a
-    segmentation-conditional one, faithfulness and sharpness for a super-resolution one; with complete, also the
+    segmentation-conditional one, faithfulness and sharpness for a super-resolution one, layout IoU for a model of
+    canvases with layouts (and the crops' Fréchet distance for an unconditional one); with complete, also the
     completion of held_out validation images; with inpaint (masked models), the re-sampling of their centre 4x4
     tokens."""
     log = setup_logging(True)
@@ -60,7 +68,15 @@ def evaluate(run_dir: str, per_class: int = 300, seed: int = 0, options: dict = 
     g = torch.Generator(dev).manual_seed(seed)
     cache = os.path.join(cfg.run.out_dir, "cache")
     kind, spec = cfg.data.condition, dataset_spec(cfg.data.dataset)
-    score = evaluate_segmentation if kind == "segmentation" and spec.segmenter_data else \
+    if spec.segmenter == "layouts":
+        return canvas_scores(run_dir, model, cfg, cache, held_out or 100, seed, settings, log, canvas_size, against,
+                             dev)
+    if canvas_size or against:
+        raise UserError("--canvas-size and --against score models of large canvases with layouts (data.dataset="
+                        f"{', '.join(n for n, d in DATASETS.items() if d.segmenter == 'layouts')}); this run is "
+                        f"data.dataset={cfg.data.dataset}")
+    held_out = held_out or 500
+    score = evaluate_segmentation if kind == "segmentation" and spec.segmenter == "objects" else \
         evaluate_superres if kind == "lowres" and spec.judge else None
     sampling = settings.described(model.gpt)
     if score is not None:
@@ -81,6 +97,30 @@ def evaluate(run_dir: str, per_class: int = 300, seed: int = 0, options: dict = 
             raise UserError(f"'{ckpt_path}' is a GPT: --inpaint scores the free-form inpainting of masked "
                             "(model.kind=maskgit) models")
         out["inpainting"] = evaluate_inpainting(model, cfg, cache, held_out, g, settings, log)
+    return out
+
+
+def canvas_scores(run_dir, model, cfg, cache, n, seed, settings, log, size, against, dev) -> dict:
+    """A scenes-like run's scores (utils/eval/layouts.py), its picture written beside sample_eval.json."""
+    out = {"run": run_dir, "sampling": settings.described(model.gpt), "seed": seed}
+    if model.cond_vq is None:
+        if size or against:
+            raise UserError("--canvas-size and --against are for layout-conditional models; this one is unconditional")
+        out["canvases"], picture = evaluate_canvases(model, cfg, cache, n, seed, settings, log)
+        name, rows = "canvases.png", 8
+    else:
+        other = None
+        if against:
+            path = os.path.join(against, "checkpoints", "last.pt")
+            m = load_transformer(path, dev)
+            if m.cond_vq is None:
+                raise UserError(f"--against '{against}' is not a layout-conditional model")
+            other = argparse.Namespace(run=against, model=m, settings=load_config(
+                Stage2Config, base=m.ckpt["config"], base_name=f"checkpoint '{path}'").sample)
+        out["layouts"], picture = evaluate_layouts(model, cfg, cache, n, seed, settings, log, size, other)
+        name, rows = f"layouts_{out['layouts']['size']}.png", min(8, n)
+    save_image(picture, os.path.join(run_dir, name), nrow=rows, padding=2, pad_value=1.0)
+    out["picture"] = name
     return out
 
 
@@ -129,7 +169,7 @@ def class_scores(model, cfg, per_class, g, settings, log, recon, batch, dev) -> 
 
 def report(r: dict) -> str:
     lines = [f"{r['run']}: sampling {r['sampling']}, seed {r['seed']}"]
-    for key in ("segmentation", "lowres", "completion", "inpainting"):
+    for key in ("segmentation", "lowres", "completion", "inpainting", "layouts", "canvases"):
         if key in r:
             lines.append(f"{key}: " + json.dumps(r[key]))
     if "per_class" in r:
@@ -173,14 +213,21 @@ def main(argv=None) -> None:
     p.add_argument("--complete", action="store_true", help="also score completions of held-out images' bottom halves")
     p.add_argument("--inpaint", action="store_true",
                    help="masked models: also score the re-sampling of held-out images' centre 4x4 tokens")
-    p.add_argument("--held-out", type=int, default=500, help="images for the conditional and completion scores")
+    p.add_argument("--held-out", type=int, default=None,
+                   help="images for the conditional and completion scores (default 500; canvases: 100)")
+    p.add_argument("--canvas-size", type=int, default=None,
+                   help="layout-conditional canvases: the held-out layouts' size in pixels (default: the run's)")
+    p.add_argument("--against", default=None, metavar="RUN_DIR",
+                   help="layout-conditional canvases: also score this run on the same layouts and seeds")
     args = p.parse_args(argv)
     check_option("--per-class", args.per_class, min=1)
     options = dict(cfg_scale=args.cfg_scale, top_p=args.top_p, top_k=args.top_k, temperature=args.temperature,
                    steps=args.steps, choice_temperature=args.choice_temperature)
     check_option("--held-out", args.held_out, min=1)
+    check_option("--canvas-size", args.canvas_size, min=1)
     r = evaluate(args.run_dir, args.per_class, args.seed, options, args.device, not args.no_recon,
-                 complete=args.complete, held_out=args.held_out, inpaint=args.inpaint)
+                 complete=args.complete, held_out=args.held_out, inpaint=args.inpaint, canvas_size=args.canvas_size,
+                 against=args.against)
     print(report(r))
     path = os.path.join(args.run_dir, "sample_eval.json")
     with open(path, "w") as f:

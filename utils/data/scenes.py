@@ -8,6 +8,7 @@ a model trained on crops must continue. Every pixel's class is in the layout (`S
 `SCENE_PALETTE` in pictures and in the RGB layouts generate.py --condition reads).
 """
 import numpy as np
+import torch
 
 from utils.core.errors import UserError
 from utils.data.images import ArrayDataset
@@ -55,7 +56,8 @@ def render_scene(size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.nd
         ry, rx = rng.uniform(8, 16), rng.uniform(20, 45)
         water = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1
     layout[water & (layout == 2)] = 3
-    n = int(rng.integers(*OBJECTS_PER_128, endpoint=True) * (size / 128) ** 2)
+    expected = rng.integers(*OBJECTS_PER_128, endpoint=True) * (size / 128) ** 2
+    n = int(expected) + (int(rng.random() < expected % 1) if expected % 1 else 0)  # a small canvas: objects by chance
     low = float(ground_top.min())
     for _ in range(n):
         kind = int(rng.integers(len(OBJECTS)))
@@ -103,6 +105,25 @@ def render_scenes(n: int, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]
     return images, layouts
 
 
+def _tensors(images: np.ndarray, layouts: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 (N, H, W, 3) and (N, H, W) -> images (N, 3, H, W) in [-1, 1] and layouts (N, H, W) long."""
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1, torch.from_numpy(layouts).long()
+
+
+def segmenter_data(size: int, n: int, n_held_out: int):
+    """The layout judge's data: ((n random 64x64 crops of canvases of `size`, their layouts), (n_held_out whole
+    canvases, their layouts)), all from seeds no run uses."""
+    crop, per_canvas = min(64, size), 16
+    images, layouts = render_scenes(-(-n // per_canvas), size, 5_000_011)
+    rng = np.random.default_rng(0)
+    k = np.arange(n) // per_canvas
+    top, left = rng.integers(0, size - crop + 1, (2, n))
+    rows = (top[:, None] + np.arange(crop))[:, :, None]
+    cols = (left[:, None] + np.arange(crop))[:, None, :]
+    train = _tensors(images[k[:, None, None], rows, cols], layouts[k[:, None, None], rows, cols])
+    return train, _tensors(*render_scenes(n_held_out, size, 6_000_007))
+
+
 def build(data, seed: int, augment: bool, condition, view: str):
     """(train, val): data.num_train canvases from `seed`, data.num_val from another stream (held out), with their
     layouts as the maps of a segmentation condition."""
@@ -118,6 +139,7 @@ def build(data, seed: int, augment: bool, condition, view: str):
 
 
 SPEC = DatasetSpec("scenes", build, lambda data, seed: {"num_train": data.num_train, "num_val": data.num_val,
-                                                        "seed": seed, "version": 1},
+                                                        "seed": seed, "version": 2},
                    mask_classes=len(SCENE_CLASSES), mask_names=SCENE_CLASSES,
-                   mask_palette=tuple(map(tuple, SCENE_PALETTE.tolist())))
+                   mask_palette=tuple(map(tuple, SCENE_PALETTE.tolist())), segmenter="layouts",
+                   segmenter_data=segmenter_data)

@@ -106,4 +106,4 @@ SPEC = DatasetSpec("shapes", build, lambda data, seed: {"num_train": data.num_tr
                                                         "seed": seed},
                    class_names=SHAPE_CLASSES, mask_classes=len(SHAPE_CLASSES) + 1,
                    mask_names=("background",) + SHAPE_CLASSES, judge="rendered",
-                   judge_data=judge_data, segmenter_data=segmenter_data)
+                   judge_data=judge_data, segmenter="objects", segmenter_data=segmenter_data)

@@ -23,8 +23,10 @@ class DatasetSpec:
     judge: str = ""                 # the classifier recipe that judges samples (utils/eval/classifier.py): "real"
                                     # (its own train and test splits), "rendered" (judge_data), "" (none)
     judge_data: Optional[Callable] = None  # "rendered": (size, n, n_held_out) -> ((x, y), (held-out x, y), names)
-    segmenter_data: Optional[Callable] = None  # (size, n, n_held_out) -> ((x, masks), (held-out x, masks)): to
-                                    # recover an object's region in a sample drawn for a mask
+    segmenter: str = ""             # the segmenter that judges samples drawn for a mask (utils/eval/segmenter.py):
+                                    # "objects" (an object's region), "layouts" (every pixel's class), "" (none)
+    segmenter_data: Optional[Callable] = None  # (size, n, n_held_out) -> ((x, masks), (held-out x, masks)), masks
+                                    # bool (objects) or class indices (layouts)
 
 
 def root_settings(data, seed: int) -> dict:

@@ -1,6 +1,6 @@
 """Judges of generated images, trained on real ones: a small CNN classifier (does a sample show the class it was
-asked for? and the feature space of a Fréchet distance between samples and real images), and for shapes a small
-segmenter (which pixels belong to the shape: does a sample drawn for a mask cover it?).
+asked for? and the feature space of a Fréchet distance between samples and real images). The segmenters, judges of
+samples drawn for a layout, are in utils/eval/segmenter.py and share the training recipe here.
 
 Recipes (trained on first use, cached under {run.out_dir}/cache/), as each dataset's record names them
 (utils/data/spec.py: judge):
@@ -10,8 +10,6 @@ Recipes (trained on first use, cached under {run.out_dir}/cache/), as each datas
   sharp originals; held-out accuracy on SHAPES_HELD_OUT other rendered images.
 - "real" (mnist, fashion_mnist): the real training split (60,000 images, shifted by up to 2 pixels at random);
   accuracy on the real test split.
-- a segmenter of a dataset's objects (shapes: segmenter_data): a per-pixel foreground logit, trained like a
-  rendered classifier on SHAPES_TRAIN rendered images and their masks; mean IoU on SHAPES_HELD_OUT other ones.
 """
 import hashlib
 import json
@@ -29,7 +27,6 @@ from utils.data.registry import DATASETS, build_datasets, dataset_spec
 
 SHAPES_TRAIN, SHAPES_HELD_OUT, EPOCHS = 30_000, 3_000, 4
 _VERSION = 1  # bump when a recipe changes: the cache key holds it
-_SEGMENTER_VERSION = 2
 
 
 class SmallCNN(nn.Module):
@@ -155,69 +152,3 @@ def classify(model: SmallCNN, images: torch.Tensor, batch: int = 500) -> tuple[t
         preds.append(model.head(f).argmax(1))
         feats.append(f)
     return torch.cat(preds), torch.cat(feats)
-
-
-
-def _convs(c_in: int, c_out: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(),
-                         nn.Conv2d(c_out, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU())
-
-
-class SmallSegNet(nn.Module):
-    """A small U-Net that marks the shape's pixels in a shapes image: three halvings (32 -> 4 pixels, so that every
-    pixel sees the whole image: inside and outside a shape look alike locally), three doublings with skip
-    connections, a foreground logit per pixel."""
-
-    def __init__(self, width: int = 16):
-        super().__init__()
-        w = width
-        self.down = nn.ModuleList([_convs(3, w), _convs(w, 2 * w), _convs(2 * w, 4 * w), _convs(4 * w, 4 * w)])
-        self.up = nn.ModuleList([_convs(8 * w, 2 * w), _convs(4 * w, w), _convs(2 * w, w)])
-        self.out = nn.Conv2d(w, 1, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (B, 3, H, W) in [-1, 1], H and W multiples of 8 -> (B, H, W) foreground logits."""
-        skips = []
-        for i, block in enumerate(self.down):
-            x = block(x if i == 0 else F.max_pool2d(x, 2))
-            skips.append(x)
-        for block, skip in zip(self.up, reversed(skips[:-1])):
-            x = block(torch.cat([F.interpolate(x, scale_factor=2.0, mode="nearest"), skip], 1))
-        return self.out(x)[:, 0]
-
-
-def iou(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """pred, target: (B, H, W) bool -> (B,) intersection over union (1 where both are empty)."""
-    inter, union = (pred & target).sum((1, 2)).float(), (pred | target).sum((1, 2)).float()
-    return torch.where(union > 0, inter / union.clamp_min(1), 1.0)
-
-
-def train_segmenter(data, log=None, batch: int = 64) -> tuple[SmallSegNet, dict]:
-    """The recovery of an object's region from an image of the dataset: trained on SHAPES_TRAIN rendered images and
-    masks (blurred and noised as the rendered classifier's), scored by mean IoU on SHAPES_HELD_OUT other ones."""
-    (x, m), (xv, mv) = dataset_spec(data.dataset).segmenter_data(data.image_size, SHAPES_TRAIN, SHAPES_HELD_OUT)
-    torch.manual_seed(0)
-    net = SmallSegNet()
-    _fit(net, x, m.float(), F.binary_cross_entropy_with_logits, _blur_noise, batch, "shape segmenter", log)
-    with torch.no_grad():
-        pred = torch.cat([net(b) > 0 for b in xv.split(500)])
-    return net, {"held_out_iou": iou(pred, mv).mean().item(), "held_out": len(mv)}
-
-
-def load_or_train_segmenter(data, cache_dir: str, log=None) -> tuple[SmallSegNet, dict]:
-    """The dataset's segmenter from the cache, or trained now and cached."""
-    if not dataset_spec(data.dataset).segmenter_data:
-        raise UserError(f"no segmenter recipe for data.dataset={data.dataset}")
-    size = data.image_size
-    key = hashlib.sha256(json.dumps([_SEGMENTER_VERSION, size, SHAPES_TRAIN, SHAPES_HELD_OUT, EPOCHS]).encode()).hexdigest()[:8]
-    path = os.path.join(cache_dir, f"segmenter_{data.dataset}-{key}.pt")
-    if os.path.isfile(path):
-        ck = torch.load(path, map_location="cpu", weights_only=True)
-        net = SmallSegNet()
-        net.load_state_dict(ck["model"])
-        return net.eval(), ck["info"]
-    if log:
-        log.info(f"training the {data.dataset} segmenter once -> {path}")
-    net, info = train_segmenter(data, log)
-    save_atomic({"model": net.state_dict(), "info": info}, path)
-    return net, info

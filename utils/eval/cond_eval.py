@@ -12,8 +12,9 @@ from transformer.draw import completion_classes, draw
 from transformer.sampling import centre_keep, decode_images, raster_prefix
 from utils.data.conditions import downsample, upsample
 from utils.data.registry import build_datasets
-from utils.eval.classifier import classify, iou, load_or_train, load_or_train_segmenter
+from utils.eval.classifier import classify, load_or_train
 from utils.eval.metrics import psnr
+from utils.eval.segmenter import iou, load_or_train_segmenter
 
 
 def _batches(n: int, batch: int):

@@ -119,6 +119,11 @@ class ClassMapScores:
         all_reduce_sum(self.counts)
         return self
 
+    def per_class(self) -> list:
+        """Each class's IoU (None for a class absent from the targets)."""
+        inter, union, present = self.counts
+        return [(i / u).item() if p > 0 else None for i, u, p in zip(inter, union, present)]
+
     def result(self) -> dict:
         inter, union, present = self.counts
         pixels = present.sum().clamp_min(1)
