@@ -217,3 +217,16 @@ def test_discriminator_loss_sends_no_gradient_to_generator(tiny_vqgan):
     out["d_loss"].backward()
     assert all(p.grad is None for p in tiny_vqgan.parameters())
     assert all(p.grad is not None for p in disc.parameters())
+
+
+def test_precision_and_recall_on_point_clouds_with_known_answers():
+    from utils.eval.metrics import precision_recall
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(200, 8, generator=g)
+    assert precision_recall(a, a) == (1.0, 1.0)  # identical sets
+    assert precision_recall(a, a + 100.0) == (0.0, 0.0)  # disjoint sets
+    two = torch.cat([a, a + 100.0])  # real: two far clusters; fake: one of them
+    p, r = precision_recall(two, a)
+    assert p == 1.0 and r == 0.5
+    p, r = precision_recall(a, torch.randn(300, 8, generator=g) * 0.5)  # a tighter cloud: faithful, less varied
+    assert p > 0.9 and r < p

@@ -411,7 +411,9 @@ def test_sample_eval_scores_a_class_conditional_run(tmp_path, monkeypatch):
     assert r["sampling"]["cfg_scale"] == 1.5 and r["samples_per_class"] == 3 and r["frechet_images"]["samples"] == 15
     assert r["classifier_held_out"] == 120 and 0 <= r["classifier_held_out_accuracy"] <= 1
     assert r["frechet_samples_to_val"] >= 0 and r["frechet_train_to_val"] >= 0
-    assert set(r["recon_accuracy"]) == set(r["per_class"])
+    assert set(r["recon_accuracy"]) == set(r["per_class"]) and r["frechet_recon_to_val"] >= 0
+    assert all(0 <= r[k] <= 1 for k in ("precision", "recall", "recon_precision", "recon_recall"))
+    assert r["frechet_images"]["precision_recall"] == 15  # as many real images as samples
     assert any(f.startswith("classifier_shapes-") for f in os.listdir(tmp_path / "cache"))  # trained once, cached
     u = stage2(tmp_path, s1, "u", "model.class_conditional=false", "train.max_steps=1")
     with pytest.raises(SystemExit) as e:

@@ -10,7 +10,9 @@ given) and classifies them. Prints, per class, the share of samples recognised a
 share taken for the decoy "v" (a triangle turned by 45 degrees). Also: the classifier's accuracy on held-out real
 images; on the stage-1 reconstructions of real validation images (the ceiling a perfect transformer could reach);
 and the Fréchet distance between samples and real validation images in the classifier's feature space, beside the
-same distance for real training images (the floor).
+same distance for the reconstructions (the ceiling, from as many images as samples) and for real training images
+(the floor); precision and recall (k = 3, as many real images as samples) of the samples and of the
+reconstructions.
 A conditional model (shapes masks, Fashion-MNIST or MNIST low resolution): --held-out validation maps, one sample
 each, scored as utils/eval/cond_eval.py says. A model of large canvases with layouts (scenes): --held-out (default
 100) held-out layouts at --canvas-size (default: the run's image size), one canvas each by the sliding window with
@@ -39,7 +41,7 @@ from utils.data.registry import DATASETS, build_datasets, dataset_spec
 from utils.eval.classifier import classify, load_or_train
 from utils.eval.cond_eval import evaluate_completion, evaluate_inpainting, evaluate_segmentation, evaluate_superres
 from utils.eval.layouts import evaluate_canvases, evaluate_layouts
-from utils.eval.metrics import FeatureStats, frechet_distance
+from utils.eval.metrics import FeatureStats, frechet_distance, precision_recall
 from utils.train.stage2_config import Stage2Config
 
 
@@ -158,12 +160,19 @@ def class_scores(model, cfg, per_class, g, settings, log, recon, batch, dev) -> 
     val_pred, val_feats = classify(clf, real_val)
     out["frechet_samples_to_val"] = fd(feats, val_feats)
     out["frechet_train_to_val"] = fd(classify(clf, real_train)[1], val_feats)
-    out["frechet_images"] = {"samples": len(x), "val": len(real_val), "train": k}
+    m = min(len(x), len(real_val))  # precision and recall from as many real images as samples
+    fake = feats[torch.randperm(len(x), generator=torch.Generator().manual_seed(1))[:m]]
+    real = val_feats[torch.randperm(len(real_val), generator=torch.Generator().manual_seed(2))[:m]]
+    out["precision"], out["recall"] = precision_recall(real, fake)
+    out["frechet_images"] = {"samples": len(x), "val": len(real_val), "train": k, "precision_recall": m}
     if recon:  # the ceiling: what the stage-1 model keeps of real images of each class
         rec = torch.cat([decode_images(vq, vq.encode_to_indices(b.to(dev))) for b in real_val.split(batch)]) * 2 - 1
-        rec_pred, _ = classify(clf, rec)
+        rec_pred, rec_feats = classify(clf, rec)
         labels = val_set.labels
         out["recon_accuracy"] = {names[c]: (rec_pred[labels == c] == c).float().mean().item() for c in range(nc)}
+        pick = torch.randperm(len(rec), generator=torch.Generator().manual_seed(3))[:len(x)]  # as many as samples
+        out["frechet_recon_to_val"] = fd(rec_feats[pick], val_feats)
+        out["recon_precision"], out["recon_recall"] = precision_recall(real, rec_feats[pick][:m])
     return out
 
 
@@ -194,7 +203,12 @@ def class_report(r: dict) -> list[str]:
         lines.append(line)
     lines.append(f"{'all':<14}{100 * r['accuracy']:>10.1f}%")
     lines.append(f"Fréchet distance in the classifier's features: samples to real val {r['frechet_samples_to_val']:.2f}"
-                 f", real train to real val {r['frechet_train_to_val']:.2f} (the floor)")
+                 + (f", reconstructions {r['frechet_recon_to_val']:.2f} (the tokenizer's ceiling)"
+                    if "frechet_recon_to_val" in r else "")
+                 + f", real train to real val {r['frechet_train_to_val']:.2f} (the floor)")
+    lines.append(f"precision {r['precision']:.3f}, recall {r['recall']:.3f} (k = 3)" +
+                 (f"; reconstructions: precision {r['recon_precision']:.3f}, recall {r['recon_recall']:.3f}"
+                  if "recon_precision" in r else ""))
     return lines
 
 

@@ -36,6 +36,23 @@ def ssim(x: torch.Tensor, y: torch.Tensor, window: int = 11) -> torch.Tensor:
     return s.mean(dim=(1, 2, 3))
 
 
+@torch.no_grad()
+def precision_recall(real: torch.Tensor, fake: torch.Tensor, k: int = 3, chunk: int = 1024) -> tuple[float, float]:
+    """Improved precision and recall (Kynkäänniemi et al., 2019) of `fake` against `real` features, (N, D) each:
+    a set's manifold is the union of balls around its points, each reaching the point's k-th nearest neighbour in
+    the set. Precision: the share of fake points inside the real manifold (fidelity); recall: the share of real
+    points inside the fake one (diversity)."""
+    real, fake = real.double(), fake.double()
+
+    def radii(x: torch.Tensor) -> torch.Tensor:  # (N,): distance to the k-th nearest other point
+        return torch.cat([torch.cdist(b, x).kthvalue(min(k + 1, len(x)), dim=1).values for b in x.split(chunk)])
+
+    def inside(points: torch.Tensor, centres: torch.Tensor, r: torch.Tensor) -> float:
+        hits = [(torch.cdist(b, centres) <= r[None]).any(1) for b in points.split(chunk)]
+        return torch.cat(hits).double().mean().item()
+    return inside(fake, real, radii(real)), inside(real, fake, radii(fake))
+
+
 def frechet_distance(a: "FeatureStats", b: "FeatureStats") -> float:
     """The Fréchet distance between Gaussians fitted to two feature sets: pytorch-fid's implementation, the one
     published FIDs use."""
