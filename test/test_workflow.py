@@ -4,6 +4,7 @@ guard on every micro-batch and the gradient norm, restored signal handlers, rang
 reconstruction tool, precision=auto)."""
 import gzip
 import os
+import re
 import signal
 import struct
 import sys
@@ -415,7 +416,30 @@ def test_sample_eval_scores_a_class_conditional_run(tmp_path, monkeypatch):
     assert all(0 <= r[k] <= 1 for k in ("precision", "recall", "recon_precision", "recon_recall"))
     assert r["frechet_images"]["precision_recall"] == 15  # as many real images as samples
     assert any(f.startswith("classifier_shapes-") for f in os.listdir(tmp_path / "cache"))  # trained once, cached
+    sample_eval.main([d, "--per-class", "2", "--sweep", "cfg_scale=1,2", "--sweep", "top_p=0.5,1.0"])
+    w = json.load(open(f"{d}/sweep.json"))
+    assert [p["settings"] for p in w["points"]] == [{"cfg_scale": 1.0, "top_p": 0.5}, {"cfg_scale": 1.0, "top_p": 1.0},
+                                                    {"cfg_scale": 2.0, "top_p": 0.5}, {"cfg_scale": 2.0, "top_p": 1.0}]
+    assert w["per_class"] == 2 and w["ceiling_frechet"] >= 0 and w["floor_frechet"] >= 0
+    assert all(set(p) >= {"accuracy", "per_class", "frechet_samples_to_val", "precision", "recall"}
+               for p in w["points"])
+    assert Image.open(f"{d}/sweep.png").size == (600, 480)
     u = stage2(tmp_path, s1, "u", "model.class_conditional=false", "train.max_steps=1")
     with pytest.raises(SystemExit) as e:
         sample_eval.main([u])
     assert e.value.code == 2
+
+
+def test_sweep_grid_and_its_errors():
+    from utils.eval.sweep import parse_sweep
+    assert parse_sweep(["cfg_scale=1,1.5", "top_k=10,20"]) == [
+        {"cfg_scale": 1.0, "top_k": 10}, {"cfg_scale": 1.0, "top_k": 20},
+        {"cfg_scale": 1.5, "top_k": 10}, {"cfg_scale": 1.5, "top_k": 20}]
+    for specs, msg in [(["cfg=1,2"], "--sweep: unknown sample setting 'cfg'; choose from temperature, top_k, top_p"),
+                       (["top_p=0.5,1.5"], "--sweep top_p 1.5 is out of range: must be in (0, 1]"),
+                       (["cfg_scale=-1"], "--sweep cfg_scale -1 is out of range: must be at least 0"),
+                       (["top_p=high"], "--sweep top_p=high is not a number"),
+                       (["cfg_scale"], "--sweep 'cfg_scale' is not of the form KEY=V1,V2,..."),
+                       (["top_p=0.9", "top_p=1.0"], "--sweep top_p is given twice")]:
+        with pytest.raises(UserError, match=re.escape(msg)):
+            parse_sweep(specs)

@@ -4,6 +4,7 @@
                                         [--temperature T] [--steps S] [--choice-temperature C] [--device D]
                                         [--no-recon] [--complete] [--inpaint] [--held-out 500]
                                         [--canvas-size PIXELS] [--against RUN_DIR]
+                                        [--sweep KEY=V1,V2,... [--sweep ...]]
 
 A class-conditional model: draws --per-class samples of every class with the run's sampling settings (or those
 given) and classifies them. Prints, per class, the share of samples recognised as their class; for shapes also the
@@ -42,6 +43,7 @@ from utils.eval.classifier import classify, load_or_train
 from utils.eval.cond_eval import evaluate_completion, evaluate_inpainting, evaluate_segmentation, evaluate_superres
 from utils.eval.layouts import evaluate_canvases, evaluate_layouts
 from utils.eval.metrics import FeatureStats, frechet_distance, precision_recall
+from utils.eval.sweep import parse_sweep, picture, settings_of, table, to_json
 from utils.train.stage2_config import Stage2Config
 
 
@@ -176,6 +178,35 @@ def class_scores(model, cfg, per_class, g, settings, log, recon, batch, dev) -> 
     return out
 
 
+def sweep(run_dir: str, specs: list[str], per_class: int, seed: int, device: str = "auto", batch: int = 100) -> dict:
+    """The class-conditional scores at every point of a grid of sampling settings (the same seed at every point),
+    from per_class samples of each class; the ceiling (reconstructions) and floor (real) measured once."""
+    grid = parse_sweep(specs)
+    log = setup_logging(True)
+    ckpt_path = os.path.join(run_dir, "checkpoints", "last.pt")
+    dev = select_device(device, DistInfo(), "--device ")
+    model = load_transformer(ckpt_path, dev)
+    if not model.gpt.cfg.num_classes:
+        raise UserError(f"'{ckpt_path}': --sweep scores the samples of a class-conditional model; this one has no "
+                        "classes")
+    cfg = load_config(Stage2Config, base=model.ckpt["config"], base_name=f"checkpoint '{ckpt_path}'")
+    points, ceiling = [], None
+    for point in grid:
+        settings = settings_of(cfg.sample, model.gpt, point)
+        g = torch.Generator(dev).manual_seed(seed)
+        r = class_scores(model, cfg, per_class, g, settings, log, ceiling is None, batch, dev)
+        ceiling = r.get("frechet_recon_to_val", ceiling)
+        floor = r["frechet_train_to_val"]
+        points.append({"settings": point, "accuracy": r["accuracy"],
+                       "per_class": {k: v["accuracy"] for k, v in r["per_class"].items()},
+                       **{k: r[k] for k in ("frechet_samples_to_val", "precision", "recall")}})
+        log.info(f"{point}: recognised {100 * r['accuracy']:.1f}%, Fréchet {r['frechet_samples_to_val']:.2f}")
+    out = to_json(points, ceiling, floor, per_class)
+    out.update(run=run_dir, seed=seed, classifier_held_out_accuracy=r["classifier_held_out_accuracy"])
+    picture(points, ceiling, floor).save(os.path.join(run_dir, "sweep.png"))
+    return out
+
+
 def report(r: dict) -> str:
     lines = [f"{r['run']}: sampling {r['sampling']}, seed {r['seed']}"]
     for key in ("segmentation", "lowres", "completion", "inpainting", "layouts", "canvases"):
@@ -227,6 +258,9 @@ def main(argv=None) -> None:
     p.add_argument("--complete", action="store_true", help="also score completions of held-out images' bottom halves")
     p.add_argument("--inpaint", action="store_true",
                    help="masked models: also score the re-sampling of held-out images' centre 4x4 tokens")
+    p.add_argument("--sweep", action="append", default=None, metavar="KEY=V1,V2,...",
+                   help="score a grid of sampling settings instead (repeatable: every combination); writes "
+                        "sweep.json and sweep.png")
     p.add_argument("--held-out", type=int, default=None,
                    help="images for the conditional and completion scores (default 500; canvases: 100)")
     p.add_argument("--canvas-size", type=int, default=None,
@@ -239,6 +273,14 @@ def main(argv=None) -> None:
                    steps=args.steps, choice_temperature=args.choice_temperature)
     check_option("--held-out", args.held_out, min=1)
     check_option("--canvas-size", args.canvas_size, min=1)
+    if args.sweep:
+        r = sweep(args.run_dir, args.sweep, args.per_class, args.seed, args.device)
+        print(table(r["points"], r["ceiling_frechet"], r["floor_frechet"]))
+        path = os.path.join(args.run_dir, "sweep.json")
+        with open(path, "w") as f:
+            json.dump(r, f, indent=2)
+        print(f"wrote {path} and {os.path.join(args.run_dir, 'sweep.png')}")
+        return
     r = evaluate(args.run_dir, args.per_class, args.seed, options, args.device, not args.no_recon,
                  complete=args.complete, held_out=args.held_out, inpaint=args.inpaint, canvas_size=args.canvas_size,
                  against=args.against)
