@@ -11,6 +11,7 @@ import train_transformer
 import train_vqgan
 from helpers import TINY_STAGE1, TINY_STAGE2
 from utils.core.errors import UserError
+from utils.data.registry import build_datasets
 from utils.data.scenes import SCENE_PALETTE, segmenter_data
 from utils.eval import classifier, segmenter
 from utils.eval.layouts import _paired
@@ -95,6 +96,19 @@ def test_unconditional_canvases_and_errors(scene_runs, quick_judge, tmp_path):
         sample_eval.evaluate(free, held_out=1, against=str(scene_runs / "gpt"))
     with pytest.raises(UserError, match="--against '.*free' is not a layout-conditional model"):
         sample_eval.evaluate(str(scene_runs / "gpt"), held_out=1, against=free)
+
+
+def test_layouts_reach_the_condition_tokenizer_as_the_dataset_gives_them(scene_runs):
+    from utils.core.config import load_config
+    from utils.eval.layouts import held_out_canvases, layout_maps
+    from utils.train.stage2_config import Stage2Config
+    ck = torch.load(scene_runs / "gpt" / "checkpoints" / "last.pt", weights_only=True)
+    cfg = load_config(Stage2Config, base=ck["config"])
+    _, layouts = held_out_canvases(cfg, 2, 32)
+    data = cfg.data
+    data.num_train, data.num_val = 1, 2
+    val = build_datasets(data, cfg.run.seed, augment=False)[1].with_view("condition")
+    assert torch.equal(layout_maps(layouts, 7), torch.stack([val[i][0] for i in range(2)]))
 
 
 def test_the_layout_picture_uses_the_palette(scene_runs):

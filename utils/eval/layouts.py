@@ -17,7 +17,7 @@ import torch
 
 from transformer.draw import draw
 from transformer.sampling import PLACEMENTS, decode_images
-from utils.data.conditions import as_picture
+from utils.data.conditions import colorize, one_hot
 from utils.data.registry import build_datasets, dataset_spec, layout_palette
 from utils.eval.metrics import FeatureStats, frechet_distance
 from utils.eval.segmenter import layout_scores, load_or_train_segmenter, segment
@@ -53,6 +53,11 @@ def _paired(a: torch.Tensor, b: torch.Tensor) -> dict:
     return {"mean": d.mean().item(), "se": (d.std() / len(d) ** 0.5).item() if len(d) > 1 else None}
 
 
+def layout_maps(layouts: torch.Tensor, classes: int) -> torch.Tensor:
+    """(N, H, W) class indices -> (N, classes, H, W) one-hot maps in {-1, 1}, as the condition tokenizer reads them."""
+    return torch.stack([one_hot(t.long(), classes) for t in layouts])
+
+
 @torch.no_grad()
 def draw_for_layouts(model, layouts: torch.Tensor, settings, seed: int, batch: int) -> torch.Tensor:
     """One canvas per layout (N, H, W), drawn from `seed` -> images (N, 3, H, W) in [-1, 1]."""
@@ -61,8 +66,7 @@ def draw_for_layouts(model, layouts: torch.Tensor, settings, seed: int, batch: i
     g = torch.Generator(device).manual_seed(seed)
     out = []
     for b in layouts.split(batch):
-        maps = torch.nn.functional.one_hot(b.long(), cond_vq.channels).permute(0, 3, 1, 2).float().to(device)
-        cond = cond_vq.encode_to_indices(maps)
+        cond = cond_vq.encode_to_indices(layout_maps(b, cond_vq.channels).to(device))
         tokens = draw(gpt, len(cond), settings, grid=tuple(cond.shape[1:]), cond=cond, generator=g)
         out.append(decode_images(vq, tokens) * 2 - 1)
     return torch.cat(out)
@@ -115,9 +119,7 @@ def evaluate_layouts(model, cfg, cache_dir: str, n: int, seed: int, settings, lo
 def layouts_picture(layouts: torch.Tensor, model) -> torch.Tensor:
     """(N, H, W) class indices -> (N, 3, H, W) in [0, 1], in the dataset's layout palette."""
     classes = model.cond_vq.channels
-    one_hot = torch.nn.functional.one_hot(layouts.long(), classes).permute(0, 3, 1, 2).float()
-    return as_picture(one_hot, "segmentation", colours=layout_palette(model.ckpt["config"]["data"]["dataset"],
-                                                                       classes))
+    return colorize(layouts.long(), classes, layout_palette(model.ckpt["config"]["data"]["dataset"], classes))
 
 
 def _crops(x: torch.Tensor, side: int, seed: int) -> torch.Tensor:
