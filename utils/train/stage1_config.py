@@ -173,14 +173,13 @@ class Stage1Config:
                               f"multiple of the downsampling factor {f} of model.ch_mult={m.ch_mult} ({where}); use "
                               f"e.g. {min(d.image_size, max(f, d.crop_size - d.crop_size % f))}, or null for whole "
                               "images")
-        seen_size = d.crop_size or d.image_size  # what the discriminator is shown
+        seen_size = d.crop_size or d.image_size  # what training (and the discriminator) is shown
+        seen = f"data.{'crop' if d.crop_size else 'image'}_size={seen_size}"
         if m.tile is not None and m.tile < seen_size:
-            raise ConfigError(f"model.tile={m.tile} is smaller than the training images (data."
-                              f"{'crop' if d.crop_size else 'image'}_size={seen_size}) ({where}); the tiles are for "
-                              "images larger than those trained on: leave model.tile null")
+            raise ConfigError(f"model.tile={m.tile} is smaller than the training images ({seen}) ({where}); the "
+                              "tiles are for images larger than those trained on: leave model.tile null")
         if self.loss.disc_start < self.train.max_steps and \
                 PatchDiscriminator.output_size(seen_size, self.loss.disc_layers) < 1:
-            raise ConfigError(f"data.{'crop' if d.crop_size else 'image'}_size={seen_size} is too small for "
-                              f"loss.disc_layers={self.loss.disc_layers} ({where}); use fewer layers or a later "
-                              "loss.disc_start")
+            raise ConfigError(f"{seen} is too small for loss.disc_layers={self.loss.disc_layers} ({where}); use "
+                              "fewer layers or a later loss.disc_start")
         self.train.check(where)
