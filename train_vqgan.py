@@ -19,7 +19,7 @@ from utils.data.registry import build_datasets, layout_palette
 from utils.eval.metrics import InceptionFeatures
 from utils.eval.reconstruction import evaluate
 from utils.train.batches import Batches, ResumableSampler
-from utils.train.loop import (EMA, StopSignal, check_step, clip_gradients, due, end_of_run, figures,
+from utils.train.loop import (EMA, Pace, StopSignal, check_step, clip_gradients, due, end_of_run, figures,
                               keeps_signal_handlers, optimizer_step, rng_kept, set_lr)
 from utils.train.run import (load_init, main_guard, prepare_run_dir, restore, save_checkpoint, start_position,
                              start_run, wrap_ddp, write_config)
@@ -127,6 +127,7 @@ def train(argv=None):
     if step >= t.max_steps:  # resumed at or past the end: no step to take, but an evaluation and a checkpoint
         metrics = validate(step)
         save(step)
+    pace = Pace(step, t.max_steps, "configs/custom_cpu_vqgan.yaml")  # one line when the run would take more than a day
     stopping = False
     while step < t.max_steps and not stopping:
         set_lr(step, t, (opt, t.lr), (d_opt, d_lr))
@@ -171,6 +172,9 @@ def train(argv=None):
         step += 1
         images_since += micro * t.grad_accum * dist_info.world_size
         logger.bar.update(1)
+        slow = pace.estimate(step)
+        if slow:
+            log.info(slow)
 
         if due(step, t.log_every, t.max_steps):
             names = sorted(sums)

@@ -5,6 +5,7 @@ import copy
 import functools
 import math
 import signal
+import time
 from contextlib import contextmanager
 from typing import Optional
 
@@ -141,6 +142,35 @@ def due(step: int, every: int, max_steps: int) -> bool:
     """Whether a periodic action (logging, evaluation, checkpoint) falls on `step`: every `every` steps and at
     the end."""
     return step % every == 0 or step == max_steps
+
+
+clock = time.monotonic  # the time source of Pace (a test replaces it)
+
+
+class Pace:
+    """Times the first `over` steps after the first one of this process (which pays for warm-up) and, when
+    train.max_steps would take more than `limit_s` at that speed, says so once: one line with the estimate that
+    points to `cpu_config`, the configs sized for a laptop. Not an error: the run goes on."""
+
+    def __init__(self, start_step: int, max_steps: int, cpu_config: str, over: int = 10, limit_s: float = 86400.0):
+        self.start, self.max_steps, self.cpu_config, self.over, self.limit_s = start_step, max_steps, cpu_config, \
+            over, limit_s
+        self.t0 = None
+
+    def estimate(self, step: int):
+        """Called after each step (`step`: steps done). Returns the line to log once the timing is in and the rest of
+        the run is longer than limit_s, else None."""
+        if step == self.start + 1:
+            self.t0 = clock()
+        elif self.t0 is not None and step == self.start + 1 + self.over:
+            per_step = (clock() - self.t0) / self.over
+            self.t0 = None
+            rest = per_step * (self.max_steps - step)
+            if rest > self.limit_s:
+                return (f"at {per_step:.2f} s per step here, the {self.max_steps - step} steps left of "
+                        f"train.max_steps={self.max_steps} take about {rest / 86400:.1f} days; for a laptop or a "
+                        f"CPU see {self.cpu_config} (minutes on 2 cores), or lower train.max_steps")
+        return None
 
 
 @contextmanager
