@@ -1,4 +1,4 @@
-"""Encode and decode your own images with a trained VQGAN; report PSNR, SSIM and the codes used.
+"""Encode and decode your own images with a trained VQGAN; report PSNR, SSIM, the codes used and their perplexity.
 
     python -m utils.reconstruct --checkpoint runs/shapes_vqgan/checkpoints/last.pt --images DIR --out DIR
 """
@@ -38,7 +38,7 @@ def reconstruct(checkpoint: str, images: str, out: str, batch_size: int = 16, de
             Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr).save(os.path.join(out, name))
     r = scores.result()
     return {"images": len(data), "psnr": r["psnr"], "ssim": r["ssim"], "codes_used": int((scores.counts > 0).sum()),
-            "codebook_size": model.codebook.codebook_size}
+            "codebook_size": model.codebook.codebook_size, "perplexity": r["perplexity"]}
 
 
 @command
@@ -53,7 +53,7 @@ def main(argv=None) -> None:
     check_option("--batch-size", args.batch_size, min=1)
     r = reconstruct(args.checkpoint, args.images, args.out, args.batch_size, args.device)
     print(f"{r['images']} images -> {args.out}: PSNR {r['psnr']:.2f} dB, SSIM {r['ssim']:.4f}, "
-          f"{r['codes_used']}/{r['codebook_size']} codes used")
+          f"{r['codes_used']}/{r['codebook_size']} codes used, perplexity {r['perplexity']:.1f}")
 
 
 if __name__ == "__main__":
