@@ -129,6 +129,26 @@ def test_canvas_scaling_rows(monkeypatch):
     assert r["placement"] != "centred" or r["vs_recompute"] == r["centred_vs_recompute"]
 
 
+
+def test_resolution_scaling_rows(monkeypatch):
+    """Each architecture at each size in a process of its own: time and peak memory, as ratios to the smallest size;
+    the peak is the child's, not this process's (which holds a 1 GiB ballast)."""
+    from utils.benchmark import resolution
+    monkeypatch.setattr(resolution, "SIZES", (32, 64))
+    ballast = torch.ones(256 * 2 ** 20)
+    r = resolution.bench_resolution(torch.device("cpu"), quick=True)
+    assert float(ballast[-1]) == 1.0
+    for arch in ("custom_cpu", "paper_f16"):
+        row = r[arch]
+        assert set(row["ms"]) == set(row["peak_mb"]) == {"32", "64"} and row["ms_ratio"]["32"] == 1.0
+        assert row["ms_ratio"]["64"] == pytest.approx(row["ms"]["64"] / row["ms"]["32"], abs=0.01)
+        assert row["peak_ratio"]["64"] == pytest.approx(row["peak_mb"]["64"] / row["peak_mb"]["32"], abs=0.01)
+        assert 0 < row["peak_mb"]["32"] < row["process_peak_mb"]["32"], row
+    assert r["custom_cpu"]["process_peak_mb"]["64"] < 1200, r  # a 1M-parameter model's process, not this one's 1 GiB
+    # the paper's 72M-parameter f16 model against the laptop's 1M: more memory at the same size
+    assert r["paper_f16"]["peak_mb"]["64"] > r["custom_cpu"]["peak_mb"]["64"]
+    assert r["median_ms"] == r["custom_cpu"]["ms"]["64"] and "custom_cpu: " in r["note"]
+
 FASHION = "/usr/share/datasets/fashion-mnist"
 
 

@@ -11,6 +11,7 @@ from utils.benchmark.lookup import bench_codebook
 from utils.benchmark.maskgit import bench_maskgit
 from utils.benchmark.precision import bench_bf16
 from utils.benchmark.quality import bench_time_to_quality
+from utils.benchmark.resolution import bench_resolution
 from utils.benchmark.stage1 import bench_flops, bench_stage1
 from utils.benchmark.stage2 import bench_sampling, bench_stage2
 from utils.core.errors import UserError, command
@@ -29,6 +30,7 @@ RUNNERS = {
     "bf16_gpt_step": lambda device, quick, ctx: bench_bf16(device, quick, "gpt"),
     "sample_maskgit": lambda device, quick, ctx: bench_maskgit(device, quick),
     "canvas_scaling": lambda device, quick, ctx: bench_canvas(device, quick),
+    "resolution_scaling": lambda device, quick, ctx: bench_resolution(device, quick),
     "time_to_quality": lambda device, quick, ctx: bench_time_to_quality(device, quick),
 }
 ON_REQUEST = ("time_to_quality",)  # long (minutes of training): run only when named in --only
