@@ -405,16 +405,17 @@ def test_sample_eval_scores_a_class_conditional_run(tmp_path, monkeypatch):
     monkeypatch.setattr(classifier, "EPOCHS", 2)
     s1 = stage1(tmp_path, "s1")
     d = stage2(tmp_path, s1, "g", "model.class_conditional=true", "train.max_steps=2")
-    sample_eval.main([d, "--per-class", "3", "--cfg-scale", "1.5"])
+    sample_eval.main([d, "--per-class", "4", "--cfg-scale", "1.5"])
     r = json.load(open(f"{d}/sample_eval.json"))
     assert list(r["per_class"]) == ["circle", "square", "triangle", "ring", "cross"]
     assert all(0 <= row["accuracy"] <= 1 and 0 <= row["taken_for_v"] <= 1 for row in r["per_class"].values())
-    assert r["sampling"]["cfg_scale"] == 1.5 and r["samples_per_class"] == 3 and r["frechet_images"]["samples"] == 15
+    assert r["sampling"]["cfg_scale"] == 1.5 and r["samples_per_class"] == 4 and r["frechet_images"]["samples"] == 20
     assert r["classifier_held_out"] == 120 and 0 <= r["classifier_held_out_accuracy"] <= 1
     assert r["frechet_samples_to_val"] >= 0 and r["frechet_train_to_val"] >= 0
     assert set(r["recon_accuracy"]) == set(r["per_class"]) and r["frechet_recon_to_val"] >= 0
     assert all(0 <= r[k] <= 1 for k in ("precision", "recall", "recon_precision", "recon_recall"))
-    assert r["frechet_images"]["precision_recall"] == 15  # as many real images as samples
+    # as many real images as samples: the generated set renders 20 validation images where the run held out 16
+    assert r["frechet_images"]["precision_recall"] == r["frechet_images"]["val"] == 20
     assert any(f.startswith("classifier_shapes-") for f in os.listdir(tmp_path / "cache"))  # trained once, cached
     sample_eval.main([d, "--per-class", "2", "--sweep", "cfg_scale=1,2", "--sweep", "top_p=0.5,1.0"])
     w = json.load(open(f"{d}/sweep.json"))

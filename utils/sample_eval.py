@@ -152,8 +152,9 @@ def class_scores(model, cfg, per_class, g, settings, log, recon, batch, dev) -> 
             row["taken_for_v"] = (sel == names.index("v")).float().mean().item()
         out["per_class"][names[c]] = row
     data = copy.copy(cfg.data)
-    if data.dataset == "shapes":  # as many training images as samples are enough: render no more
+    if data.dataset == "shapes":  # generated: as many training and validation images as samples, no fewer
         data.num_train = len(x)
+        data.num_val = max(data.num_val, len(x))
     train_set, val_set = build_datasets(data, cfg.run.seed, augment=False)  # real images, for the floor
     real_val = torch.stack([val_set[i][0] for i in range(len(val_set))])
     k = min(len(train_set), len(x))  # the floor from as many real images as there are samples
