@@ -9,15 +9,17 @@ import os
 import subprocess
 import sys
 import warnings
+from contextlib import nullcontext
 
 import torch
 
 from utils.benchmark.harness import ROOT, alternate, sync
 from utils.benchmark.lookup import _MALLOC_ENV, peak_resident_kib, resident_kib
+from utils.benchmark.stage1 import our_step_fn
 from utils.core.config import load_config
 from utils.train.stage1_config import Stage1Config
 from vqgan.discriminator import PatchDiscriminator
-from vqgan.losses import LossWeights, discriminator_loss, generator_backward
+from vqgan.losses import LossWeights
 from vqgan.lpips import LPIPS
 from vqgan.model import VQGAN
 
@@ -39,19 +41,8 @@ def step_fn(arch: str, size: int, device):
             warnings.simplefilter("ignore")
             lpips = LPIPS("random").to(device)
     weights = LossWeights(lc.l1_weight, lc.l2_weight, lc.perceptual_weight, lc.codebook_weight, lc.disc_weight)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4, betas=(0.5, 0.9))
-    d_opt = torch.optim.Adam(disc.parameters(), lr=1e-4, betas=(0.5, 0.9))
     x = torch.rand(1, 3, size, size, device=device) * 2 - 1
-
-    def step():
-        x_rec, vq_loss, _ = model(x)
-        generator_backward(x, x_rec, vq_loss, model.decoder.last_layer, weights, lpips=lpips, disc=disc)
-        discriminator_loss(disc, x, x_rec, lc.disc_loss)["d_loss"].backward()
-        for o in (opt, d_opt):
-            o.step()
-            o.zero_grad(set_to_none=True)
-        model.codebook.step_update()
-    return step
+    return our_step_fn(model, disc, lpips, x, True, nullcontext(), weights=weights, disc_loss=lc.disc_loss)
 
 
 def measure_here(arch: str, size: int, repeats: int, device=torch.device("cpu")) -> tuple[float, float, float]:

@@ -27,11 +27,12 @@ def our_stage1(arch: dict, device):
     return VQGAN(cfg).to(device), PatchDiscriminator(3, 64, 3).to(device), lpips
 
 
-def our_step_fn(model, disc, lpips, x, gan: bool, ctx, lr=1e-4):
-    """One step of train_vqgan.py's loop: a single forward, the GAN only from disc_start."""
+def our_step_fn(model, disc, lpips, x, gan: bool, ctx, lr=1e-4, weights: LossWeights = None, disc_loss: str = "hinge"):
+    """One step of train_vqgan.py's loop: a single forward, the GAN only from disc_start. weights: the loss weights
+    (default: perceptual and GAN terms at 1)."""
     opt = torch.optim.Adam(model.parameters(), lr=lr, betas=(0.5, 0.9))
     d_opt = torch.optim.Adam(disc.parameters(), lr=lr, betas=(0.5, 0.9))
-    weights = LossWeights(perceptual=1.0, disc=1.0)
+    weights = weights or LossWeights(perceptual=1.0, disc=1.0)
     last = model.decoder.last_layer
 
     def step():
@@ -40,7 +41,7 @@ def our_step_fn(model, disc, lpips, x, gan: bool, ctx, lr=1e-4):
         generator_backward(x, x_rec, vq_loss, last, weights, lpips=lpips, disc=disc if gan else None, autocast=ctx)
         if gan:
             with ctx:
-                d = discriminator_loss(disc, x, x_rec)
+                d = discriminator_loss(disc, x, x_rec, disc_loss)
             d["d_loss"].backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
