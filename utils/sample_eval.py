@@ -54,6 +54,15 @@ def fd(a: torch.Tensor, b: torch.Tensor) -> float:
     return frechet_distance(sa, sb)
 
 
+def load_run(run_dir: str, device: str):
+    """(checkpoint path, device, the transformer with its stage-1 models, its stage-2 config) of a run folder."""
+    ckpt_path = os.path.join(run_dir, "checkpoints", "last.pt")
+    dev = select_device(device, DistInfo(), "--device ")
+    model = load_transformer(ckpt_path, dev)
+    return ckpt_path, dev, model, load_config(Stage2Config, base=model.ckpt["config"],
+                                              base_name=f"checkpoint '{ckpt_path}'")
+
+
 @torch.no_grad()
 def evaluate(run_dir: str, per_class: int = 300, seed: int = 0, options: dict = None, device: str = "auto",
              recon: bool = True, batch: int = 100, complete: bool = False, held_out: int = None,
@@ -64,10 +73,7 @@ def evaluate(run_dir: str, per_class: int = 300, seed: int = 0, options: dict = 
     completion of held_out validation images; with inpaint (masked models), the re-sampling of their centre 4x4
     tokens."""
     log = setup_logging(True)
-    ckpt_path = os.path.join(run_dir, "checkpoints", "last.pt")
-    dev = select_device(device, DistInfo(), "--device ")
-    model = load_transformer(ckpt_path, dev)
-    cfg = load_config(Stage2Config, base=model.ckpt["config"], base_name=f"checkpoint '{ckpt_path}'")
+    ckpt_path, dev, model, cfg = load_run(run_dir, device)
     settings = cfg.sample.with_options(model.gpt, **(options or {}))
     g = torch.Generator(dev).manual_seed(seed)
     cache = os.path.join(cfg.run.out_dir, "cache")
@@ -128,7 +134,26 @@ def canvas_scores(run_dir, model, cfg, cache, n, seed, settings, log, size, agai
     return out
 
 
-def class_scores(model, cfg, per_class, g, settings, log, recon, batch, dev) -> dict:
+def real_reference(cfg, clf, n: int) -> dict:
+    """The real images samples are scored against, classified once: the validation images (a generated set renders
+    at least n), their labels and features, and the floor: the Fréchet distance of n real training images to them."""
+    data = copy.copy(cfg.data)
+    if data.dataset == "shapes":  # generated: as many training and validation images as samples, no fewer
+        data.num_train = n
+        data.num_val = max(data.num_val, n)
+    train_set, val_set = build_datasets(data, cfg.run.seed, augment=False)
+    real_val = torch.stack([val_set[i][0] for i in range(len(val_set))])
+    k = min(len(train_set), n)  # the floor from as many real images as there are samples
+    pick = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(0))[:k].tolist()
+    real_train = torch.stack([train_set[i][0] for i in pick])
+    val_feats = classify(clf, real_val)[1]
+    return {"images": real_val, "labels": val_set.labels, "feats": val_feats, "train": k,
+            "floor": fd(classify(clf, real_train)[1], val_feats)}
+
+
+def class_scores(model, cfg, per_class, g, settings, log, recon, batch, dev, reference: dict = None) -> dict:
+    """Recognition, Fréchet distance and precision and recall of per_class samples of every class; reference: the
+    real images from real_reference (made here when None)."""
     gpt, vq = model.gpt, model.vq
     nc = gpt.cfg.num_classes
     clf, info = load_or_train(cfg.data.dataset, cfg.data, os.path.join(cfg.run.out_dir, "cache"), log)
@@ -151,18 +176,10 @@ def class_scores(model, cfg, per_class, g, settings, log, recon, batch, dev) -> 
         if "v" in names:
             row["taken_for_v"] = (sel == names.index("v")).float().mean().item()
         out["per_class"][names[c]] = row
-    data = copy.copy(cfg.data)
-    if data.dataset == "shapes":  # generated: as many training and validation images as samples, no fewer
-        data.num_train = len(x)
-        data.num_val = max(data.num_val, len(x))
-    train_set, val_set = build_datasets(data, cfg.run.seed, augment=False)  # real images, for the floor
-    real_val = torch.stack([val_set[i][0] for i in range(len(val_set))])
-    k = min(len(train_set), len(x))  # the floor from as many real images as there are samples
-    pick = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(0))[:k].tolist()
-    real_train = torch.stack([train_set[i][0] for i in pick])
-    val_pred, val_feats = classify(clf, real_val)
+    ref = reference or real_reference(cfg, clf, len(x))
+    real_val, val_feats, k = ref["images"], ref["feats"], ref["train"]
     out["frechet_samples_to_val"] = fd(feats, val_feats)
-    out["frechet_train_to_val"] = fd(classify(clf, real_train)[1], val_feats)
+    out["frechet_train_to_val"] = ref["floor"]
     m = min(len(x), len(real_val))  # precision and recall from as many real images as samples
     fake = feats[torch.randperm(len(x), generator=torch.Generator().manual_seed(1))[:m]]
     real = val_feats[torch.randperm(len(real_val), generator=torch.Generator().manual_seed(2))[:m]]
@@ -171,7 +188,7 @@ def class_scores(model, cfg, per_class, g, settings, log, recon, batch, dev) -> 
     if recon:  # the ceiling: what the stage-1 model keeps of real images of each class
         rec = torch.cat([decode_images(vq, vq.encode_to_indices(b.to(dev))) for b in real_val.split(batch)]) * 2 - 1
         rec_pred, rec_feats = classify(clf, rec)
-        labels = val_set.labels
+        labels = ref["labels"]
         out["recon_accuracy"] = {names[c]: (rec_pred[labels == c] == c).float().mean().item() for c in range(nc)}
         pick = torch.randperm(len(rec), generator=torch.Generator().manual_seed(3))[:len(x)]  # as many as samples
         out["frechet_recon_to_val"] = fd(rec_feats[pick], val_feats)
@@ -184,18 +201,17 @@ def sweep(run_dir: str, specs: list[str], per_class: int, seed: int, device: str
     from per_class samples of each class; the ceiling (reconstructions) and floor (real) measured once."""
     grid = parse_sweep(specs)
     log = setup_logging(True)
-    ckpt_path = os.path.join(run_dir, "checkpoints", "last.pt")
-    dev = select_device(device, DistInfo(), "--device ")
-    model = load_transformer(ckpt_path, dev)
+    ckpt_path, dev, model, cfg = load_run(run_dir, device)
     if not model.gpt.cfg.num_classes:
         raise UserError(f"'{ckpt_path}': --sweep scores the samples of a class-conditional model; this one has no "
                         "classes")
-    cfg = load_config(Stage2Config, base=model.ckpt["config"], base_name=f"checkpoint '{ckpt_path}'")
+    clf = load_or_train(cfg.data.dataset, cfg.data, os.path.join(cfg.run.out_dir, "cache"), log)[0]
+    reference = real_reference(cfg, clf, per_class * model.gpt.cfg.num_classes)  # classified once for every point
     points, ceiling = [], None
     for point in grid:
         settings = settings_of(cfg.sample, model.gpt, point)
         g = torch.Generator(dev).manual_seed(seed)
-        r = class_scores(model, cfg, per_class, g, settings, log, ceiling is None, batch, dev)
+        r = class_scores(model, cfg, per_class, g, settings, log, ceiling is None, batch, dev, reference)
         ceiling = r.get("frechet_recon_to_val", ceiling)
         floor = r["frechet_train_to_val"]
         points.append({"settings": point, "accuracy": r["accuracy"],
