@@ -129,7 +129,6 @@ def test_canvas_scaling_rows(monkeypatch):
     assert r["placement"] != "centred" or r["vs_recompute"] == r["centred_vs_recompute"]
 
 
-
 def test_resolution_scaling_rows(monkeypatch):
     """Each architecture at each size in a process of its own: time and peak memory, as ratios to the smallest size;
     the peak is the child's, not this process's (which holds a 1 GiB ballast)."""
@@ -148,6 +147,7 @@ def test_resolution_scaling_rows(monkeypatch):
     # the paper's 72M-parameter f16 model against the laptop's 1M: more memory at the same size
     assert r["paper_f16"]["peak_mb"]["64"] > r["custom_cpu"]["peak_mb"]["64"]
     assert r["median_ms"] == r["custom_cpu"]["ms"]["64"] and "custom_cpu: " in r["note"]
+
 
 FASHION = "/usr/share/datasets/fashion-mnist"
 
