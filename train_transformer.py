@@ -33,6 +33,7 @@ from utils.data.registry import build_datasets, cache_settings, layout_palette
 from utils.train.batches import Batches, ResumableSampler
 from utils.train.loop import (Pace, StopSignal, check_step, clip_gradients, due, end_of_run, figures,
                               keeps_signal_handlers, optimizer_step, rng_kept, set_lr)
+from utils.train.optim import stage2_optimizer
 from utils.train.run import (load_init, main_guard, prepare_run_dir, restore, save_checkpoint, start_position,
                              start_run, wrap_ddp, write_config)
 from utils.train.stage2_config import Stage2Config, check_init_layout, complete_from_stage1, gpt_config
@@ -83,6 +84,10 @@ def train(argv=None):
     if ckpt is not None and GPTConfig(**model_args_of(ckpt)) != gcfg:
         raise UserError(f"the checkpoint's model {model_args_of(ckpt)} differs from the one this config and the "
                         f"stage-1 model give {asdict(gcfg)}; resume with the original settings")
+    if ckpt is not None and ckpt["config"]["train"].get("optimizer", "adamw") != t.optimizer:
+        raise UserError(f"train.optimizer={t.optimizer}, but the checkpoint was trained with train.optimizer="
+                        f"{ckpt['config']['train'].get('optimizer', 'adamw')}, whose state it holds; resume with that "
+                        f"optimizer, or start a new run from its weights with train.init_from")
     if run.init is not None:
         check_init_layout(GPTConfig(**model_args_of(run.init)), gcfg, t.init_from)
         if run.init["stage1"]["sha256"] != stage1_record["sha256"]:
@@ -119,7 +124,7 @@ def train(argv=None):
     model = GPT(gcfg).to(device)
     if run.init is not None:
         load_init(run, model=model)
-    opt = model.configure_optimizer(t.lr, t.betas, t.weight_decay)
+    opt = stage2_optimizer(model, t)
     scaler = torch.amp.GradScaler(device.type, enabled=run.precision == "fp16")
     if ckpt is not None:
         restore(ckpt, model=model, optimizer=opt, scaler=scaler)

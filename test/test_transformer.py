@@ -17,6 +17,9 @@ from transformer.sampling import _Stepper, filter_logits, raster_prefix, sample,
 from transformer.sequences import prefix_ids, sample_labels
 from transformer.sequences import crop_windows, make_inputs
 from utils.core.errors import UserError
+from utils.train.loop import set_lr
+from utils.train.optim import Muon, orthogonalize, stage2_optimizer
+from utils.train.stage2_config import Train2Config
 
 
 def tiny_gpt(num_classes=0, window=(3, 4), K=10, seed=0):
@@ -237,6 +240,58 @@ def test_crop_windows_and_inputs():
     assert (make_inputs(seq, torch.tensor([-1, -1]), u)[:, 0] == 100).all()
 
 
+@pytest.mark.parametrize("shape", [(24, 8), (8, 24), (16, 16)])
+def test_orthogonalize_brings_singular_values_near_one_keeping_the_directions(shape):
+    g = torch.randn(*shape, generator=torch.Generator().manual_seed(0)) * torch.logspace(0, 1, shape[1])
+    u, s, vh = torch.linalg.svd(g, full_matrices=False)
+    o = orthogonalize(g)
+    assert o.shape == g.shape
+    sv = torch.linalg.svdvals(o)
+    assert sv.min() > 0.55 and sv.max() < 1.25  # the quintic iteration's band, not exactly 1
+    # the same singular vectors as u vh: o = u diag(sv') vh with every sv' in the band
+    inner = u.T @ o @ vh.T
+    assert torch.allclose(inner, torch.diag(torch.diagonal(inner)), atol=1e-3)
+    assert torch.diagonal(inner).min() > 0.55
+
+
+def test_muon_steps_and_its_adamw_groups_match_torch_adamw():
+    torch.manual_seed(0)
+    w, b = torch.randn(6, 4, requires_grad=True), torch.randn(4, requires_grad=True)
+    w_ref, b_ref = w.detach().clone().requires_grad_(), b.detach().clone().requires_grad_()
+    opt = Muon([{"params": [w], "muon": True, "lr": 0.05}, {"params": [b], "weight_decay": 0.1}], lr=1e-2,
+               betas=(0.9, 0.95))
+    ref = torch.optim.AdamW([b_ref], lr=1e-2, betas=(0.9, 0.95), weight_decay=0.1)
+    buf = torch.zeros_like(w)
+    for step in range(3):
+        grads = torch.randn(6, 4), torch.randn(4)
+        w.grad, b.grad, b_ref.grad = grads[0].clone(), grads[1].clone(), grads[1].clone()
+        buf = 0.95 * buf + grads[0]
+        expected = w_ref.detach() - 0.05 * (6 / 4) ** 0.5 * orthogonalize(grads[0] + 0.95 * buf)
+        opt.step()
+        ref.step()
+        w_ref = expected
+        assert torch.allclose(w, expected, atol=1e-6)
+        assert torch.allclose(b, b_ref, atol=1e-6)
+    with pytest.raises(ValueError, match="Muon updates 2-D weight matrices only"):
+        Muon([{"params": [b], "muon": True}])
+
+
+def test_stage2_optimizer_groups_and_their_schedule():
+    g = tiny_gpt()
+    t = Train2Config(lr=1e-3, optimizer="muon", muon_lr=0.04, weight_decay=0.1, warmup_steps=0, max_steps=10,
+                     lr_schedule="cosine", min_lr_ratio=0.5)
+    opt = stage2_optimizer(g, t)
+    muon, head, rest = opt.param_groups
+    assert muon["muon"] and not head["muon"] and not rest["muon"]
+    ids = lambda group: {id(p) for p in group["params"]}  # noqa: E731
+    assert ids(muon) == {id(p) for n, p in g.named_parameters() if n.startswith("blocks.") and p.dim() == 2}
+    assert ids(head) == {id(g.head.weight)} and head["weight_decay"] == 0.1 and muon["weight_decay"] == 0.0
+    assert id(g.tok_emb.weight) in ids(rest) and id(g.blocks[0].ln_1.weight) in ids(rest)
+    set_lr(10, t, (opt, t.lr))  # the end of the cosine: every group at min_lr_ratio of its own rate
+    assert muon["lr"] == pytest.approx(0.02) and head["lr"] == rest["lr"] == pytest.approx(5e-4)
+    assert isinstance(stage2_optimizer(g, Train2Config(lr=1e-3)), torch.optim.AdamW)
+
+
 @pytest.fixture(scope="module")
 def stage1(tmp_path_factory):
     out = tmp_path_factory.mktemp("s1")
@@ -353,6 +408,20 @@ def test_exact_resume_stage2(tmp_path, stage1):
     ca, cb = load(f"{a}/checkpoints/last.pt"), load(f"{b}/checkpoints/last.pt")
     assert ca["step"] == cb["step"] == 6 and ca["window"] == [4, 6] and ca["grid"] == [8, 8]
     assert max_weight_diff(ca["model"], cb["model"]) <= 1e-6
+
+
+def test_exact_resume_stage2_with_muon_and_an_optimizer_change_is_an_error(tmp_path, stage1):
+    a = stage2(tmp_path, stage1, "a", "train.optimizer=muon", "train.muon_lr=0.05")
+    b = stage2(tmp_path, stage1, "b", "train.optimizer=muon", "train.muon_lr=0.05", "train.max_steps=4")
+    with pytest.raises(UserError, match="train.optimizer=adamw, but the checkpoint was trained with train.optimizer="
+                                        "muon, whose state it holds"):
+        train_transformer.train(["--resume", f"{b}/checkpoints/last.pt", "train.optimizer=adamw"])
+    train_transformer.train(["--resume", f"{b}/checkpoints/last.pt", "train.max_steps=6"])
+    ca, cb = load(f"{a}/checkpoints/last.pt"), load(f"{b}/checkpoints/last.pt")
+    assert ca["config"]["train"]["optimizer"] == "muon" and ca["step"] == cb["step"] == 6
+    assert max_weight_diff(ca["model"], cb["model"]) <= 1e-6
+    c = stage2(tmp_path, stage1, "c", "train.muon_lr=0.05")  # AdamW: other weights from the same start
+    assert max_weight_diff(ca["model"], load(f"{c}/checkpoints/last.pt")["model"]) > 1e-3
 
 
 def test_stage2_config_errors(tmp_path, stage1):

@@ -28,11 +28,12 @@ def lr_factor(step: int, warmup: int, max_steps: int, schedule: str, min_ratio: 
 
 
 def set_lr(step: int, t, *optimizers: tuple[torch.optim.Optimizer, float]) -> None:
-    """Sets each (optimizer, base learning rate) to its rate at `step` under the schedule of train config `t`."""
+    """Sets each (optimizer, base learning rate) to its rate at `step` under the schedule of train config `t`; a
+    parameter group with a `base_lr` of its own (Muon's matrices) is scaled from that."""
     scale = lr_factor(step, t.warmup_steps, t.max_steps, t.lr_schedule, t.min_lr_ratio)
     for opt, base in optimizers:
         for g in opt.param_groups:
-            g["lr"] = base * scale
+            g["lr"] = g.get("base_lr", base) * scale
 
 
 def clip_gradients(opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler, params,

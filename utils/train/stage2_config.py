@@ -30,6 +30,9 @@ class TokenDataConfig(DataConfig):
 @dataclass
 class Train2Config(BaseTrainConfig):
     lr: float = num(3e-4, above=0)
+    optimizer: str = choices("adamw", "muon", default="adamw")  # muon: Muon for the blocks' weight matrices,
+                                        # AdamW (lr, betas, weight_decay) for the rest (utils/train/optim.py)
+    muon_lr: float = num(0.02, above=0)  # Muon's rate for those matrices, scaled by the same schedule
     betas: list[float] = num(factory=lambda: [0.9, 0.95], min=0, below=1)
     weight_decay: float = num(0.1, min=0)
     warmup_steps: int = num(100, min=0)
