@@ -84,10 +84,11 @@ def train(argv=None):
     if ckpt is not None and GPTConfig(**model_args_of(ckpt)) != gcfg:
         raise UserError(f"the checkpoint's model {model_args_of(ckpt)} differs from the one this config and the "
                         f"stage-1 model give {asdict(gcfg)}; resume with the original settings")
-    if ckpt is not None and ckpt["config"]["train"].get("optimizer", "adamw") != t.optimizer:
+    trained_with = ckpt["config"]["train"].get("optimizer", "adamw") if ckpt is not None else t.optimizer
+    if trained_with != t.optimizer:  # checkpoints from before train.optimizer were AdamW's
         raise UserError(f"train.optimizer={t.optimizer}, but the checkpoint was trained with train.optimizer="
-                        f"{ckpt['config']['train'].get('optimizer', 'adamw')}, whose state it holds; resume with that "
-                        f"optimizer, or start a new run from its weights with train.init_from")
+                        f"{trained_with}, whose state it holds; resume with that optimizer, or start a new run from "
+                        f"its weights with train.init_from")
     if run.init is not None:
         check_init_layout(GPTConfig(**model_args_of(run.init)), gcfg, t.init_from)
         if run.init["stage1"]["sha256"] != stage1_record["sha256"]:

@@ -232,12 +232,19 @@ class GPT(nn.Module):
         cache.length = pos + T
         return self.head(self.ln_f(x[:, -1]))  # (B, K)
 
-    def configure_optimizer(self, lr: float, betas, weight_decay: float) -> torch.optim.AdamW:
-        """AdamW with weight decay on matmul weights only (not biases, LayerNorms or embeddings)."""
+    def decay_split(self) -> tuple[list, list]:
+        """([(name, parameter)] that take weight decay: the matmul weights; [(name, parameter)] that do not: biases,
+        LayerNorms and embeddings)."""
         decay, no_decay = [], []
         for name, p in self.named_parameters():
-            (decay if p.dim() >= 2 and "emb" not in name else no_decay).append(p)
-        groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+            (decay if p.dim() >= 2 and "emb" not in name else no_decay).append((name, p))
+        return decay, no_decay
+
+    def configure_optimizer(self, lr: float, betas, weight_decay: float) -> torch.optim.AdamW:
+        """AdamW with weight decay on matmul weights only (not biases, LayerNorms or embeddings)."""
+        decay, no_decay = self.decay_split()
+        groups = [{"params": [p for _, p in decay], "weight_decay": weight_decay},
+                  {"params": [p for _, p in no_decay], "weight_decay": 0.0}]
         return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas))
 
     @property

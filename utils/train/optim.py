@@ -11,6 +11,8 @@ import math
 
 import torch
 
+from transformer.gpt import GPT
+
 # The quintic iteration's coefficients: chosen (Jordan et al.) to push every singular value of a matrix of norm <= 1
 # into about [0.7, 1.2] in five steps, fast rather than exactly to 1
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
@@ -81,21 +83,17 @@ class Muon(torch.optim.Optimizer):
         return loss
 
 
-def stage2_optimizer(model: torch.nn.Module, t) -> torch.optim.Optimizer:
+def stage2_optimizer(model: GPT, t) -> torch.optim.Optimizer:
     """The optimizer train config `t` names for a transformer: AdamW with weight decay on its matmul weights
     (GPT.configure_optimizer), or Muon for the 2-D weights inside its blocks (lr train.muon_lr, no weight decay)
     and AdamW for the embeddings, the head (weight decay) and the vectors. Each group's `base_lr` is the rate the
     schedule scales (utils.train.loop.set_lr)."""
     if t.optimizer == "adamw":
         return model.configure_optimizer(t.lr, t.betas, t.weight_decay)
-    hidden, head, rest = [], [], []
-    for name, p in model.named_parameters():
-        if p.dim() == 2 and name.startswith("blocks."):
-            hidden.append(p)
-        elif p.dim() == 2 and "emb" not in name:
-            head.append(p)
-        else:
-            rest.append(p)
+    decay, no_decay = model.decay_split()  # the matmul weights: the blocks' (Muon) and the head's (AdamW)
+    hidden = [p for name, p in decay if name.startswith("blocks.")]
+    head = [p for name, p in decay if not name.startswith("blocks.")]
+    rest = [p for _, p in no_decay]
     groups = [{"params": hidden, "muon": True, "lr": t.muon_lr, "base_lr": t.muon_lr, "weight_decay": 0.0},
               {"params": head, "weight_decay": t.weight_decay}, {"params": rest, "weight_decay": 0.0}]
     return Muon([g for g in groups if g["params"]], lr=t.lr, betas=t.betas)
