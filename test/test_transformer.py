@@ -254,10 +254,20 @@ def test_orthogonalize_brings_singular_values_near_one_keeping_the_directions(sh
     assert torch.diagonal(inner).min() > 0.55
 
 
-def test_muon_steps_and_its_adamw_groups_match_torch_adamw():
+def assert_polar_factor(update: torch.Tensor, g: torch.Tensor) -> None:
+    """update is U diag(s) V^T of g's SVD (g = U S V^T), every s in the quintic iteration's band about 1: the
+    orthogonal polar factor U V^T that Newton-Schulz approximates, computed here by an SVD."""
+    u, _, vh = torch.linalg.svd(g, full_matrices=False)
+    inner = u.T @ update @ vh.T
+    assert torch.allclose(inner, torch.diag(torch.diagonal(inner)), atol=1e-3)
+    assert 0.55 < torch.diagonal(inner).min() and torch.diagonal(inner).max() < 1.25
+    assert (update - u @ vh).norm() / (u @ vh).norm() < 0.35
+
+
+def test_muon_steps_by_the_svd_and_its_adamw_groups_match_torch_adamw():
     torch.manual_seed(0)
     w, b = torch.randn(6, 4, requires_grad=True), torch.randn(4, requires_grad=True)
-    w_ref, b_ref = w.detach().clone().requires_grad_(), b.detach().clone().requires_grad_()
+    b_ref = b.detach().clone().requires_grad_()
     opt = Muon([{"params": [w], "muon": True, "lr": 0.05}, {"params": [b], "weight_decay": 0.1}], lr=1e-2,
                betas=(0.9, 0.95))
     ref = torch.optim.AdamW([b_ref], lr=1e-2, betas=(0.9, 0.95), weight_decay=0.1)
@@ -266,14 +276,32 @@ def test_muon_steps_and_its_adamw_groups_match_torch_adamw():
         grads = torch.randn(6, 4), torch.randn(4)
         w.grad, b.grad, b_ref.grad = grads[0].clone(), grads[1].clone(), grads[1].clone()
         buf = 0.95 * buf + grads[0]
-        expected = w_ref.detach() - 0.05 * (6 / 4) ** 0.5 * orthogonalize(grads[0] + 0.95 * buf)
+        before = w.detach().clone()
         opt.step()
         ref.step()
-        w_ref = expected
-        assert torch.allclose(w, expected, atol=1e-6)
+        # Nesterov: the polar factor of g + mu m, scaled by sqrt(rows / cols) = sqrt(6 / 4) and the rate
+        assert_polar_factor((before - w.detach()) / (0.05 * 1.5 ** 0.5), grads[0] + 0.95 * buf)
         assert torch.allclose(b, b_ref, atol=1e-6)
     with pytest.raises(ValueError, match="Muon updates 2-D weight matrices only"):
         Muon([{"params": [b], "muon": True}])
+
+
+def test_muon_orthogonalises_a_fused_qkv_weight_as_three_matrices():
+    torch.manual_seed(0)
+    w = torch.randn(12, 4, requires_grad=True)  # three (4, 4) matrices stacked, as attn.qkv.weight
+    opt = Muon([{"params": [w], "muon": True, "lr": 0.1, "momentum": 0.0}], parts={w: 3})
+    w.grad = torch.randn(12, 4) * torch.tensor([1.0, 10.0, 100.0]).repeat_interleave(4)[:, None]
+    before = w.detach().clone()
+    opt.step()
+    update = (before - w.detach()) / 0.1
+    for block, grad in zip(update.chunk(3), w.grad.chunk(3)):  # each its own polar factor, scale sqrt(4 / 4) = 1
+        assert_polar_factor(block, grad)
+    # one (12, 4) matrix would be a different update: the largest block dominates, the scale is sqrt(3)
+    u, _, vh = torch.linalg.svd(w.grad, full_matrices=False)
+    assert (update - 3 ** 0.5 * u @ vh).norm() > 0.5 * update.norm()
+    g = tiny_gpt()
+    parts = stage2_optimizer(g, Train2Config(optimizer="muon")).parts
+    assert {id(p) for p in parts} == {id(b.attn.qkv.weight) for b in g.blocks} and set(parts.values()) == {3}
 
 
 def test_stage2_optimizer_groups_and_their_schedule():
@@ -422,6 +450,18 @@ def test_exact_resume_stage2_with_muon_and_an_optimizer_change_is_an_error(tmp_p
     assert max_weight_diff(ca["model"], cb["model"]) <= 1e-6
     c = stage2(tmp_path, stage1, "c", "train.optimizer=adamw")  # other weights from the same start
     assert max_weight_diff(ca["model"], load(f"{c}/checkpoints/last.pt")["model"]) > 1e-3
+
+
+def test_a_changed_muon_lr_on_resume_applies_as_a_changed_lr_does(tmp_path, stage1):
+    b = stage2(tmp_path, stage1, "b", "train.optimizer=muon", "train.muon_lr=0.05", "train.max_steps=4",
+               "train.lr_schedule=constant", "train.warmup_steps=0")
+    train_transformer.train(["--resume", f"{b}/checkpoints/last.pt", "train.max_steps=6", "train.muon_lr=0.01",
+                             "train.lr=3e-4"])
+    ck = load(f"{b}/checkpoints/last.pt")
+    muon, head, rest = ck["optimizer"]["param_groups"]
+    assert ck["step"] == 6 and ck["config"]["train"]["muon_lr"] == 0.01
+    assert muon["muon"] and muon["base_lr"] == muon["lr"] == pytest.approx(0.01)
+    assert head["lr"] == rest["lr"] == pytest.approx(3e-4)
 
 
 def test_stage2_config_errors(tmp_path, stage1):

@@ -1,8 +1,10 @@
-"""Muon (Jordan et al., 2024, "Muon: an optimizer for hidden layers in neural networks"; Liu et al., 2025, "Muon is
-scalable for LLM training"): SGD with Nesterov momentum whose update of each hidden weight matrix is replaced by the
-nearest semi-orthogonal matrix, computed by a few Newton-Schulz iterations. The parameters that are not hidden
-matrices (embeddings, the output head, biases, LayerNorms) are updated by AdamW in the same optimizer, so that a
-training loop, its gradient scaler and its checkpoints see one optimizer.
+"""Muon (Jordan et al., 2024, "Muon: an optimizer for hidden layers in neural networks"): SGD with Nesterov momentum
+whose update of each hidden weight matrix is replaced by the nearest semi-orthogonal matrix, computed by a few
+Newton-Schulz iterations, and scaled by sqrt(max(1, rows / cols)). As in the reference, the query, key and value
+matrices are orthogonalised each on its own, although the attention stores them as one fused (3C, C) weight; no
+weight decay on the Muon matrices. The parameters that are not hidden matrices (embeddings, the output head, biases,
+LayerNorms) are updated by AdamW in the same optimizer, so that a training loop, its gradient scaler and its
+checkpoints see one optimizer.
 
 `train.optimizer: muon` (stage 2): Muon for the transformer blocks' weight matrices at train.muon_lr, AdamW at
 train.lr for the rest (README, Sample quality, has what it does for the shapes GPT).
@@ -33,19 +35,37 @@ def orthogonalize(g: torch.Tensor, steps: int = 5) -> torch.Tensor:
     return x.T if tall else x
 
 
+def muon_update(g: torch.Tensor, parts: int = 1) -> torch.Tensor:
+    """The Muon update of a (m, n) matrix's momentum-corrected gradient g: each of its `parts` equal blocks of rows
+    (a fused query/key/value weight: 3) orthogonalised on its own and scaled by sqrt(max(1, rows / cols)) of that
+    block."""
+    blocks = g.chunk(parts, dim=0)
+    return torch.cat([orthogonalize(b) * math.sqrt(max(1.0, b.shape[0] / b.shape[1])) for b in blocks])
+
+
 class Muon(torch.optim.Optimizer):
     """Parameter groups with `muon=True` (2-D weights) take Muon steps: momentum buffer m <- mu m + g, update
-    orthogonalize(g + mu m) (Nesterov) scaled by sqrt(max(1, rows / cols)), weight decay decoupled. The other groups
-    take AdamW steps with their lr, betas, eps and weight_decay."""
+    muon_update(g + mu m) (Nesterov), weight decay decoupled; `parts` maps a parameter to the number of matrices
+    fused in it (default 1). The other groups take AdamW steps with their lr, betas, eps and weight_decay. A group's
+    `base_lr` (the rate the schedule scales) is the one it was built with, not the one a loaded state dict holds, so
+    that a changed rate applies on resume as a changed train.lr does."""
 
     def __init__(self, groups: list[dict], lr: float = 0.02, momentum: float = 0.95, betas=(0.9, 0.95),
-                 eps: float = 1e-8, weight_decay: float = 0.0):
+                 eps: float = 1e-8, weight_decay: float = 0.0, parts: dict = None):
         for g in groups:
             g.setdefault("muon", False)
             if g["muon"] and any(p.dim() != 2 for p in g["params"]):
                 raise ValueError("Muon updates 2-D weight matrices only; put the others in an AdamW group")
         super().__init__(groups, dict(lr=lr, momentum=momentum, betas=tuple(betas), eps=eps,
                                       weight_decay=weight_decay))
+        self.parts = parts or {}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        rates = [g.get("base_lr") for g in self.param_groups]
+        super().load_state_dict(state_dict)
+        for g, rate in zip(self.param_groups, rates):
+            if rate is not None:
+                g["base_lr"] = rate
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -66,8 +86,8 @@ class Muon(torch.optim.Optimizer):
                         state["momentum_buffer"] = torch.zeros_like(p)
                     buf, mu = state["momentum_buffer"], group["momentum"]
                     buf.mul_(mu).add_(p.grad)
-                    update = orthogonalize(p.grad.add(buf, alpha=mu))
-                    p.add_(update.to(p.dtype), alpha=-lr * math.sqrt(max(1.0, p.shape[0] / p.shape[1])))
+                    update = muon_update(p.grad.add(buf, alpha=mu), self.parts.get(p, 1))
+                    p.add_(update.to(p.dtype), alpha=-lr)
                 else:
                     if not state:
                         state["step"] = 0
@@ -86,8 +106,9 @@ class Muon(torch.optim.Optimizer):
 def stage2_optimizer(model: GPT, t) -> torch.optim.Optimizer:
     """The optimizer train config `t` names for a transformer: AdamW with weight decay on its matmul weights
     (GPT.configure_optimizer), or Muon for the 2-D weights inside its blocks (lr train.muon_lr, no weight decay)
-    and AdamW for the embeddings, the head (weight decay) and the vectors. Each group's `base_lr` is the rate the
-    schedule scales (utils.train.loop.set_lr)."""
+    and AdamW for the embeddings, the head (weight decay) and the vectors; the fused query/key/value weights are
+    orthogonalised as three matrices. Each group's `base_lr` is the rate the schedule scales
+    (utils.train.loop.set_lr)."""
     if t.optimizer == "adamw":
         return model.configure_optimizer(t.lr, t.betas, t.weight_decay)
     decay, no_decay = model.decay_split()  # the matmul weights: the blocks' (Muon) and the head's (AdamW)
@@ -96,4 +117,5 @@ def stage2_optimizer(model: GPT, t) -> torch.optim.Optimizer:
     rest = [p for _, p in no_decay]
     groups = [{"params": hidden, "muon": True, "lr": t.muon_lr, "base_lr": t.muon_lr, "weight_decay": 0.0},
               {"params": head, "weight_decay": t.weight_decay}, {"params": rest, "weight_decay": 0.0}]
-    return Muon([g for g in groups if g["params"]], lr=t.lr, betas=t.betas)
+    parts = {p: 3 for name, p in decay if name.endswith("attn.qkv.weight")}
+    return Muon([g for g in groups if g["params"]], lr=t.lr, betas=t.betas, parts=parts)
