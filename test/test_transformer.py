@@ -83,6 +83,26 @@ def test_explicit_attention_matches_sdpa():
     assert not torch.allclose(explicit_attention(q, k, v, True), explicit_attention(q, k, v, False))
 
 
+def test_cpu_autocast_attention_is_explicit_for_short_sequences_and_fused_for_long(monkeypatch):
+    """Up to EXPLICIT_MAX keys the explicit path (faster there), beyond it SDPA's fused kernel; both give the
+    same logits as fp32 within bf16 rounding."""
+    import transformer.gpt as gpt_module
+    calls = []
+    monkeypatch.setattr(gpt_module, "explicit_attention", lambda *a: calls.append(a[1].shape[-2]) or
+                        explicit_attention(*a))
+    for window, explicit in (((8, 8), True), ((20, 20), False)):  # 64 and 400 keys
+        torch.manual_seed(0)
+        g = GPT(GPTConfig(codebook_size=10, window=window, n_layer=1, n_head=2, n_embd=16)).eval()
+        seq = torch.randint(0, 10, (2, window[0] * window[1]))
+        calls.clear()
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            fast = g(seq)[0].float()
+        assert calls == ([window[0] * window[1]] if explicit else [])
+        with torch.no_grad():
+            ref = g(seq)[0]
+        assert (fast - ref).abs().max() < 0.05 * ref.abs().max()
+
+
 def test_gpt_loss_and_weight_decay_groups():
     g = tiny_gpt()
     seq = torch.randint(0, 10, (2, 12))
