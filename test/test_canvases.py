@@ -88,8 +88,15 @@ def test_layout_scores_of_a_scenes_run(scene_runs, quick_judge):
 def test_unconditional_canvases_and_errors(scene_runs, quick_judge, tmp_path):
     from utils import sample_eval
     free = str(scene_runs / "free")
-    r = sample_eval.evaluate(free, held_out=3)["canvases"]
+    out = sample_eval.evaluate(free, held_out=3)
+    r = out["canvases"]
     assert r["crops"] == 12 and r["crop_size"] == 32
+    # the ceiling reconstructs held-out canvases that are not the reference's; the floor is of the training split
+    assert out["part"] == "report" and out["sets"] == {
+        "reference": {"split": "val", "count": 3, "indices": [0, 3]},
+        "ceiling": {"split": "val", "count": 3, "indices": [3, 6]},
+        "floor": {"split": "train", "count": 3, "indices": [0, 3]},
+        "samples": {"split": "generated", "count": 3, "seeds": [0]}}
     assert all(np.isfinite(r[k]) and r[k] >= 0 for k in ("frechet_samples_to_val", "frechet_recon_to_val",
                                                           "frechet_train_to_val"))
     with pytest.raises(UserError, match="--canvas-size and --against are for layout-conditional models"):

@@ -400,6 +400,7 @@ def test_sample_eval_scores_a_class_conditional_run(tmp_path, monkeypatch):
 
     from utils import sample_eval
     from utils.eval import classifier
+    from utils.eval.protocol import overlaps
     monkeypatch.setattr(classifier, "SHAPES_TRAIN", 600)
     monkeypatch.setattr(classifier, "SHAPES_HELD_OUT", 120)
     monkeypatch.setattr(classifier, "EPOCHS", 2)
@@ -413,15 +414,27 @@ def test_sample_eval_scores_a_class_conditional_run(tmp_path, monkeypatch):
     assert r["classifier_held_out"] == 120 and 0 <= r["classifier_held_out_accuracy"] <= 1
     assert r["frechet_samples_to_val"] >= 0 and r["frechet_train_to_val"] >= 0
     assert set(r["recon_accuracy"]) == set(r["per_class"]) and r["frechet_recon_to_val"] >= 0
-    assert all(0 <= r[k] <= 1 for k in ("precision", "recall", "recon_precision", "recon_recall"))
-    # as many real images as samples: the generated set renders 20 validation images where the run held out 16
-    assert r["frechet_images"]["precision_recall"] == r["frechet_images"]["val"] == 20
+    assert all(0 <= r[k] <= 1 for k in ("precision", "recall", "recon_precision", "recon_recall", "floor_precision",
+                                        "floor_recall"))
+    assert all(r[k] > 0 for k in ("accuracy_se", "frechet_samples_se", "frechet_recon_se")) or r["accuracy"] in (0, 1)
+    # as many real images as samples in every set: the generated set renders 4 x 20 held-out images, two parts of
+    # 40; the report part's first 20 are the ceiling's originals, the other 20 the reference
+    assert r["part"] == "report" and r["frechet_images"]["precision_recall"] == r["frechet_images"]["val"] == 20
+    assert r["sets"] == {"reference": {"split": "val", "count": 20, "indices": [60, 80]},
+                         "ceiling": {"split": "val", "count": 20, "indices": [40, 60]},
+                         "floor": {"split": "train", "count": 20, "indices": [0, 20]},
+                         "samples": {"split": "generated", "count": 20, "seeds": [0]}}
+    assert overlaps(r["sets"]) == []
     assert any(f.startswith("classifier_shapes-") for f in os.listdir(tmp_path / "cache"))  # trained once, cached
     sample_eval.main([d, "--per-class", "2", "--sweep", "cfg_scale=1,2", "--sweep", "top_p=0.5,1.0"])
     w = json.load(open(f"{d}/sweep.json"))
     assert [p["settings"] for p in w["points"]] == [{"cfg_scale": 1.0, "top_p": 0.5}, {"cfg_scale": 1.0, "top_p": 1.0},
                                                     {"cfg_scale": 2.0, "top_p": 0.5}, {"cfg_scale": 2.0, "top_p": 1.0}]
     assert w["per_class"] == 2 and w["ceiling_frechet"] >= 0 and w["floor_frechet"] >= 0
+    assert w["part"] == "tuning" and w["sets"]["samples"]["seeds"] == [1000]  # the tuning part: its images, its seeds
+    assert w["sets"]["ceiling"]["indices"] == [0, 10] and w["sets"]["reference"]["indices"] == [10, 20]
+    assert overlaps({**{f"tuning {k}": v for k, v in w["sets"].items()},
+                     **{f"report {k}": v for k, v in r["sets"].items() if k != "floor"}}) == []
     assert all(set(p) >= {"accuracy", "per_class", "frechet_samples_to_val", "precision", "recall"}
                for p in w["points"])
     assert Image.open(f"{d}/sweep.png").size == (600, 480)

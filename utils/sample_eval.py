@@ -7,13 +7,12 @@
                                         [--sweep KEY=V1,V2,... [--sweep ...]]
 
 A class-conditional model: draws --per-class samples of every class with the run's sampling settings (or those
-given) and classifies them. Prints, per class, the share of samples recognised as their class; for shapes also the
-share taken for the decoy "v" (a triangle turned by 45 degrees). Also: the classifier's accuracy on held-out real
-images; on the stage-1 reconstructions of real validation images (the ceiling a perfect transformer could reach);
-and the Fréchet distance between samples and real validation images in the classifier's feature space, beside the
-same distance for the reconstructions (the ceiling, from as many images as samples) and for real training images
-(the floor); precision and recall (k = 3, as many real images as samples) of the samples and of the
-reconstructions.
+given) and scores them on the report part of the held-out images (utils/eval/recognition.py, utils/eval/protocol.py):
+per class, the share recognised as their class (for shapes also the share taken for the decoy "v", a triangle
+turned by 45 degrees); the Fréchet distance to the reference images and precision and recall (k = 3), with
+bootstrap standard errors; beside them the tokenizer's reconstructions of other held-out images (the ceiling) and
+real training images (the floor), each as many as the samples and none in the reference. --sweep scores a grid on
+the tuning part instead (its own reference images, seeds from 1000), never the report part.
 A conditional model (shapes masks, Fashion-MNIST or MNIST low resolution): --held-out validation maps, one sample
 each, scored as utils/eval/cond_eval.py says. A model of large canvases with layouts (scenes): --held-out (default
 100) held-out layouts at --canvas-size (default: the run's image size), one canvas each by the sliding window with
@@ -24,7 +23,6 @@ halves; --inpaint (masked models): also the re-sampling of their centre 4x4 toke
 RUN_DIR/sample_eval.json.
 """
 import argparse
-import copy
 import json
 import os
 
@@ -38,20 +36,14 @@ from utils.core.config import check_option, load_config
 from utils.core.distributed import DistInfo, select_device
 from utils.core.errors import UserError, command
 from utils.core.runlog import setup_logging
-from utils.data.registry import DATASETS, build_datasets, dataset_spec
-from utils.eval.classifier import classify, load_or_train
+from utils.data.registry import DATASETS, dataset_spec
+from utils.eval.classifier import load_or_train
 from utils.eval.cond_eval import evaluate_completion, evaluate_inpainting, evaluate_segmentation, evaluate_superres
 from utils.eval.layouts import evaluate_canvases, evaluate_layouts
-from utils.eval.metrics import FeatureStats, frechet_distance, precision_recall
+from utils.eval.protocol import sample_seed
+from utils.eval.recognition import class_scores, real_reference
 from utils.eval.sweep import parse_sweep, picture, settings_of, table, to_json
 from utils.train.stage2_config import Stage2Config
-
-
-def fd(a: torch.Tensor, b: torch.Tensor) -> float:
-    sa, sb = FeatureStats(a.shape[1]), FeatureStats(b.shape[1])
-    sa.update(a)
-    sb.update(b)
-    return frechet_distance(sa, sb)
 
 
 def load_run(run_dir: str, device: str):
@@ -75,7 +67,7 @@ def evaluate(run_dir: str, per_class: int = 300, seed: int = 0, options: dict = 
     log = setup_logging(True)
     ckpt_path, dev, model, cfg = load_run(run_dir, device)
     settings = cfg.sample.with_options(model.gpt, **(options or {}))
-    g = torch.Generator(dev).manual_seed(seed)
+    g = torch.Generator(dev).manual_seed(sample_seed("report", seed))
     cache = os.path.join(cfg.run.out_dir, "cache")
     kind, spec = cfg.data.condition, dataset_spec(cfg.data.dataset)
     if spec.segmenter == "layouts":
@@ -93,13 +85,17 @@ def evaluate(run_dir: str, per_class: int = 300, seed: int = 0, options: dict = 
         out = {"run": run_dir, "sampling": sampling, "seed": seed,
                kind: score(model, cfg, cache, held_out, g, settings, log)}
     elif model.gpt.cfg.num_classes:
-        out = class_scores(model, cfg, per_class, g, settings, log, recon, batch, dev)
-        out.update(run=run_dir, seed=seed)
+        clf, info = load_or_train(cfg.data.dataset, cfg.data, cache, log)
+        reference = real_reference(cfg, clf, per_class * model.gpt.cfg.num_classes, "report")
+        out = {"run": run_dir, "seed": seed, **judge_info(info),
+               **class_scores(model, cfg, clf, info["classes"], per_class, sample_seed("report", seed), settings,
+                              reference, recon, batch)}
     elif not (complete or inpaint):
         raise UserError(f"'{ckpt_path}': nothing to score here (an unconditional model, or a condition without a "
                         "score); --complete scores completions of any model")
     else:
         out = {"run": run_dir, "sampling": sampling, "seed": seed}
+    out["part"] = "report"
     if complete:
         out["completion"] = evaluate_completion(model, cfg, cache, held_out, g, settings, log)
     if inpaint:
@@ -112,11 +108,12 @@ def evaluate(run_dir: str, per_class: int = 300, seed: int = 0, options: dict = 
 
 def canvas_scores(run_dir, model, cfg, cache, n, seed, settings, log, size, against, dev) -> dict:
     """A scenes-like run's scores (utils/eval/layouts.py), its picture written beside sample_eval.json."""
-    out = {"run": run_dir, "sampling": settings.described(model.gpt), "seed": seed}
+    out = {"run": run_dir, "sampling": settings.described(model.gpt), "seed": seed, "part": "report"}
     if model.cond_vq is None:
         if size or against:
             raise UserError("--canvas-size and --against are for layout-conditional models; this one is unconditional")
         out["canvases"], picture = evaluate_canvases(model, cfg, cache, n, seed, settings, log)
+        out["sets"] = out["canvases"].pop("sets")
         name, rows = "canvases.png", 8
     else:
         other = None
@@ -134,84 +131,27 @@ def canvas_scores(run_dir, model, cfg, cache, n, seed, settings, log, size, agai
     return out
 
 
-def real_reference(cfg, clf, n: int) -> dict:
-    """The real images samples are scored against, classified once: the validation images (a generated set renders
-    at least n), their labels and features, and the floor: the Fréchet distance of n real training images to them."""
-    data = copy.copy(cfg.data)
-    if data.dataset == "shapes":  # generated: as many training and validation images as samples, no fewer
-        data.num_train = n
-        data.num_val = max(data.num_val, n)
-    train_set, val_set = build_datasets(data, cfg.run.seed, augment=False)
-    real_val = torch.stack([val_set[i][0] for i in range(len(val_set))])
-    k = min(len(train_set), n)  # the floor from as many real images as there are samples
-    pick = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(0))[:k].tolist()
-    real_train = torch.stack([train_set[i][0] for i in pick])
-    val_feats = classify(clf, real_val)[1]
-    return {"images": real_val, "labels": val_set.labels, "feats": val_feats, "train": k,
-            "floor": fd(classify(clf, real_train)[1], val_feats)}
-
-
-def class_scores(model, cfg, per_class, g, settings, log, recon, batch, dev, reference: dict = None) -> dict:
-    """Recognition, Fréchet distance and precision and recall of per_class samples of every class; reference: the
-    real images from real_reference (made here when None)."""
-    gpt, vq = model.gpt, model.vq
-    nc = gpt.cfg.num_classes
-    clf, info = load_or_train(cfg.data.dataset, cfg.data, os.path.join(cfg.run.out_dir, "cache"), log)
-    names = info["classes"]
-    images, wanted = [], []
-    for c in range(nc):
-        for s in range(0, per_class, batch):
-            n = min(batch, per_class - s)
-            images.append(decode_images(vq, draw(gpt, n, settings, classes=[c], generator=g)))
-            wanted += [c] * n
-    x = torch.cat(images) * 2 - 1  # (N, C, H, W) in [-1, 1]
-    wanted = torch.tensor(wanted)
-    pred, feats = classify(clf, x)
-    out = {"samples_per_class": per_class, "sampling": settings.described(gpt),
-           "classifier_held_out_accuracy": info["held_out_accuracy"], "classifier_held_out": info["held_out"],
-           "accuracy": (pred == wanted).float().mean().item(), "per_class": {}}
-    for c in range(nc):
-        sel = pred[wanted == c]
-        row = {"accuracy": (sel == c).float().mean().item()}
-        if "v" in names:
-            row["taken_for_v"] = (sel == names.index("v")).float().mean().item()
-        out["per_class"][names[c]] = row
-    ref = reference or real_reference(cfg, clf, len(x))
-    real_val, val_feats, k = ref["images"], ref["feats"], ref["train"]
-    out["frechet_samples_to_val"] = fd(feats, val_feats)
-    out["frechet_train_to_val"] = ref["floor"]
-    m = min(len(x), len(real_val))  # precision and recall from as many real images as samples
-    fake = feats[torch.randperm(len(x), generator=torch.Generator().manual_seed(1))[:m]]
-    real = val_feats[torch.randperm(len(real_val), generator=torch.Generator().manual_seed(2))[:m]]
-    out["precision"], out["recall"] = precision_recall(real, fake)
-    out["frechet_images"] = {"samples": len(x), "val": len(real_val), "train": k, "precision_recall": m}
-    if recon:  # the ceiling: what the stage-1 model keeps of real images of each class
-        rec = torch.cat([decode_images(vq, vq.encode_to_indices(b.to(dev))) for b in real_val.split(batch)]) * 2 - 1
-        rec_pred, rec_feats = classify(clf, rec)
-        labels = ref["labels"]
-        out["recon_accuracy"] = {names[c]: (rec_pred[labels == c] == c).float().mean().item() for c in range(nc)}
-        pick = torch.randperm(len(rec), generator=torch.Generator().manual_seed(3))[:len(x)]  # as many as samples
-        out["frechet_recon_to_val"] = fd(rec_feats[pick], val_feats)
-        out["recon_precision"], out["recon_recall"] = precision_recall(real, rec_feats[pick][:m])
-    return out
+def judge_info(info: dict) -> dict:
+    return {"classifier_held_out_accuracy": info["held_out_accuracy"], "classifier_held_out": info["held_out"]}
 
 
 def sweep(run_dir: str, specs: list[str], per_class: int, seed: int, device: str = "auto", batch: int = 100) -> dict:
-    """The class-conditional scores at every point of a grid of sampling settings (the same seed at every point),
-    from per_class samples of each class; the ceiling (reconstructions) and floor (real) measured once."""
+    """The class-conditional scores at every point of a grid of sampling settings, from per_class samples of each
+    class, all on the tuning part (utils/eval/protocol.py: its reference images and seeds, never the report's);
+    the ceiling (reconstructions) and floor (real) measured once."""
     grid = parse_sweep(specs)
     log = setup_logging(True)
     ckpt_path, dev, model, cfg = load_run(run_dir, device)
     if not model.gpt.cfg.num_classes:
         raise UserError(f"'{ckpt_path}': --sweep scores the samples of a class-conditional model; this one has no "
                         "classes")
-    clf = load_or_train(cfg.data.dataset, cfg.data, os.path.join(cfg.run.out_dir, "cache"), log)[0]
-    reference = real_reference(cfg, clf, per_class * model.gpt.cfg.num_classes)  # classified once for every point
+    clf, info = load_or_train(cfg.data.dataset, cfg.data, os.path.join(cfg.run.out_dir, "cache"), log)
+    reference = real_reference(cfg, clf, per_class * model.gpt.cfg.num_classes, "tuning")  # once for every point
     points, ceiling = [], None
     for point in grid:
         settings = settings_of(cfg.sample, model.gpt, point)
-        g = torch.Generator(dev).manual_seed(seed)
-        r = class_scores(model, cfg, per_class, g, settings, log, ceiling is None, batch, dev, reference)
+        r = class_scores(model, cfg, clf, info["classes"], per_class, sample_seed("tuning", seed), settings,
+                         reference, ceiling is None, batch)
         ceiling = r.get("frechet_recon_to_val", ceiling)
         floor = r["frechet_train_to_val"]
         points.append({"settings": point, "accuracy": r["accuracy"],
@@ -219,7 +159,7 @@ def sweep(run_dir: str, specs: list[str], per_class: int, seed: int, device: str
                        **{k: r[k] for k in ("frechet_samples_to_val", "precision", "recall")}})
         log.info(f"{point}: recognised {100 * r['accuracy']:.1f}%, Fréchet {r['frechet_samples_to_val']:.2f}")
     out = to_json(points, ceiling, floor, per_class)
-    out.update(run=run_dir, seed=seed, classifier_held_out_accuracy=r["classifier_held_out_accuracy"])
+    out.update(run=run_dir, seed=seed, part="tuning", sets=r["sets"], **judge_info(info))
     picture(points, ceiling, floor).save(os.path.join(run_dir, "sweep.png"))
     return out
 
@@ -249,14 +189,16 @@ def class_report(r: dict) -> list[str]:
         if "recon_accuracy" in r:
             line += f"{100 * r['recon_accuracy'][name]:>8.1f}%"
         lines.append(line)
-    lines.append(f"{'all':<14}{100 * r['accuracy']:>10.1f}%")
-    lines.append(f"Fréchet distance in the classifier's features: samples to real val {r['frechet_samples_to_val']:.2f}"
-                 + (f", reconstructions {r['frechet_recon_to_val']:.2f} (the tokenizer's ceiling)"
-                    if "frechet_recon_to_val" in r else "")
-                 + f", real train to real val {r['frechet_train_to_val']:.2f} (the floor)")
+    lines.append(f"{'all':<14}{100 * r['accuracy']:>10.1f}% (standard error {100 * r['accuracy_se']:.1f})")
+    lines.append(f"Fréchet distance in the classifier's features to {r['frechet_images']['val']} real held-out images "
+                 f"({r['part']} part): samples {r['frechet_samples_to_val']:.2f} +- {r['frechet_samples_se']:.2f}"
+                 + (f", reconstructions of other held-out images {r['frechet_recon_to_val']:.2f} +- "
+                    f"{r['frechet_recon_se']:.2f} (the tokenizer's ceiling)" if "frechet_recon_to_val" in r else "")
+                 + f", real training images {r['frechet_train_to_val']:.2f} (the floor)")
     lines.append(f"precision {r['precision']:.3f}, recall {r['recall']:.3f} (k = 3)" +
                  (f"; reconstructions: precision {r['recon_precision']:.3f}, recall {r['recon_recall']:.3f}"
-                  if "recon_precision" in r else ""))
+                  if "recon_precision" in r else "") +
+                 f"; real training images: precision {r['floor_precision']:.3f}, recall {r['floor_recall']:.3f}")
     return lines
 
 
@@ -265,7 +207,8 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("run_dir", help="a stage-2 run folder (runs/<name>)")
     p.add_argument("--per-class", type=int, default=300)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="the samples' seed, 0-999 (a sweep draws from 1000 + it, the tuning part's seeds)")
     for opt, kind in (("--cfg-scale", float), ("--top-p", float), ("--top-k", int), ("--temperature", float),
                       ("--steps", int), ("--choice-temperature", float)):
         p.add_argument(opt, type=kind, default=None, help="instead of the run's sample setting" +

@@ -6,8 +6,9 @@ such as `scenes`), judged by the dataset's layout segmenter (utils/eval/segmente
   tokenizer's whole-canvas reconstructions of the real canvases) and the judge's own score on the real canvases.
   Paired differences (per canvas, same layouts and seeds) between the placements, and against another run.
 - unconditional canvases: the Fréchet distance, in the segmenter's features, between fixed crops of sampled
-  canvases and crops of real held-out canvases, against the reconstructions' crops (the tokenizer's floor) and
-  real training crops (the real-to-real floor).
+  canvases and crops of real held-out canvases (the reference), against the crops of the tokenizer's
+  reconstructions of other held-out canvases (the ceiling) and of real training canvases (the real-to-real floor),
+  as many canvases each as samples; `sets` records which.
 """
 import copy
 import dataclasses
@@ -20,6 +21,7 @@ from transformer.sampling import PLACEMENTS, decode_images
 from utils.data.conditions import colorize, one_hot
 from utils.data.registry import build_datasets, dataset_spec, layout_palette
 from utils.eval.metrics import FeatureStats, frechet_distance
+from utils.eval.protocol import described
 from utils.eval.segmenter import layout_scores, load_or_train_segmenter, segment
 
 CROPS_PER_CANVAS = 4
@@ -159,13 +161,17 @@ def evaluate_canvases(model, cfg, cache_dir: str, n: int, seed: int, settings, l
     y = torch.cat([decode_images(vq, draw(gpt, len(b), settings, grid=(size // f, size // f), generator=g)) * 2 - 1
                    for b in torch.arange(n).split(batch)])
     seconds = time.time() - t0
-    x, _ = held_out_canvases(cfg, n, size)
+    held, _ = held_out_canvases(cfg, 2 * n, size)
+    x, other = held[:n], held[n:]  # the reference, and the canvases the ceiling reconstructs
     train, _ = held_out_canvases(cfg, n, size, split=0)
-    rec = torch.cat([decode_images(vq, vq.encode_to_indices(b.to(device))) * 2 - 1 for b in x.split(batch)])
+    rec = torch.cat([decode_images(vq, vq.encode_to_indices(b.to(device))) * 2 - 1 for b in other.split(batch)])
     real = _crops(x, crop, 1)
     out = {"canvases": n, "size": size, "crops": len(real), "crop_size": crop, "sampling": settings.described(gpt),
            "seconds": seconds, "judge_held_out_miou": info["held_out_iou"],
            "frechet_samples_to_val": _fd(judge, _crops(y, crop, 2), real),
            "frechet_recon_to_val": _fd(judge, _crops(rec, crop, 2), real),
-           "frechet_train_to_val": _fd(judge, _crops(train, crop, 2), real)}
+           "frechet_train_to_val": _fd(judge, _crops(train, crop, 2), real),
+           "sets": {"reference": described("val", range(n)), "ceiling": described("val", range(n, 2 * n)),
+                    "floor": described("train", range(n)),
+                    "samples": {"split": "generated", "count": n, "seeds": [seed]}}}
     return out, (torch.cat([x[:8], y[:8]]) + 1) / 2
