@@ -14,7 +14,7 @@ from utils.core.distributed import all_reduce_sum
 from utils.core.errors import UserError
 from utils.core.precision import autocast_context
 from utils.core.runlog import RunLogger
-from utils.data.conditions import as_picture, class_targets
+from utils.data.conditions import IGNORE, as_picture, class_targets
 from utils.data.registry import build_datasets, layout_palette
 from utils.eval.metrics import InceptionFeatures
 from utils.eval.reconstruction import evaluate
@@ -146,7 +146,8 @@ def train(argv=None):
                 # the generator pass uses the bare discriminator: its weights get no update from it
                 terms = generator_backward(x, x_rec, vq_loss, last_layer, weights, lpips=lpips,
                                            disc=disc if gan_on else None, grad_scale=grad_scale, autocast=ctx,
-                                           class_targets=class_targets(x) if class_maps else None)
+                                           class_targets=class_targets(x) if class_maps else None,
+                                           ignore_index=IGNORE)
             if gan_on:
                 d_sync = nullcontext() if last_micro or not dist_info.enabled else d_train.no_sync()
                 with d_sync:

@@ -1,15 +1,20 @@
-"""The layering the README describes, checked on the source: a module's layer is its package's, imports only look
+"""The layering DESIGN.md describes, checked on the source: a module's layer is its package's, imports only look
 down (or stay inside their own package), no module imports a script, no import cycle between modules, no file
 outside test/ over 350 lines."""
 import ast
 import os
 
+import pytest
+
 from conftest import ROOT
 
 SCRIPTS = {"train_vqgan", "train_transformer", "generate"}
 # the layers, lowest first: a package (or module) may import only those before it, and its own package
-LAYERS = [("utils.core",), ("vqgan", "transformer"), ("utils.data",), ("utils.train",), ("utils.eval",),
+# (datasets sit on core, below the models, which never import them: what a dataset decides reaches a model as an
+# argument)
+LAYERS = [("utils.core",), ("utils.data",), ("vqgan", "transformer"), ("utils.train",), ("utils.eval",),
           ("utils",), tuple(sorted(SCRIPTS))]
+DATA, MODELS = LAYERS.index(("utils.data",)), LAYERS.index(("vqgan", "transformer"))
 TOOLS = LAYERS.index(("utils",))  # the command-line tools: utils' own modules and utils.benchmark
 
 
@@ -51,29 +56,60 @@ def home(mod: str) -> tuple[int, str]:
     raise AssertionError(f"{mod} is in no layer")
 
 
-def test_imports_only_look_down():
-    mods = project_modules()
-    graph = {m: imports_of(p, mods) - {m} for m, p in mods.items()}
+def violations(graph: dict[str, set[str]]) -> list[str]:
+    """What breaks the layering in an import graph {module: the project modules it imports}: a script imported, an
+    import that looks up (or across to another tool), a model that knows the datasets, an import cycle."""
+    found = []
     for m, deps in graph.items():
-        assert not (deps & SCRIPTS), f"{m} imports the script(s) {sorted(deps & SCRIPTS)}"
+        if deps & SCRIPTS:
+            found.append(f"{m} imports the script(s) {sorted(deps & SCRIPTS)}")
         layer, package = home(m)
         for dep in deps:
             dep_layer, dep_package = home(dep)
-            assert dep_layer < layer or (dep_layer == layer and (dep_package == package or layer != TOOLS)), \
-                f"{m} ({'.'.join(LAYERS[layer])}) imports {dep} ({'.'.join(LAYERS[dep_layer])})"
-    # no cycle: a depth-first search finds no back edge
-    state = {}
+            if not (dep_layer < layer or (dep_layer == layer and (dep_package == package or layer != TOOLS))):
+                found.append(f"{m} ({'.'.join(LAYERS[layer])}) imports {dep} ({'.'.join(LAYERS[dep_layer])})")
+            if layer == MODELS and dep_layer == DATA:
+                found.append(f"{m} (a model) imports {dep}: models take what a dataset decides as arguments")
+    state = {}  # no cycle: a depth-first search finds no back edge
 
     def visit(m, path):
         state[m] = "open"
         for dep in graph[m]:
-            assert state.get(dep) != "open", "import cycle: " + " -> ".join(path + [dep])
-            if dep not in state:
+            if state.get(dep) == "open":
+                found.append("import cycle: " + " -> ".join(path + [dep]))
+            elif dep not in state:
                 visit(dep, path + [dep])
         state[m] = "done"
     for m in graph:
         if m not in state:
             visit(m, [m])
+    return found
+
+
+def project_graph() -> dict[str, set[str]]:
+    mods = project_modules()
+    return {m: imports_of(p, mods) - {m} for m, p in mods.items()}
+
+
+def test_imports_only_look_down():
+    assert violations(project_graph()) == []
+
+
+@pytest.mark.parametrize("module, imports, what", [
+    ("vqgan.model", "utils.train.loop", "imports utils.train.loop (utils.train)"),  # upward
+    ("utils.data.shapes", "transformer.gpt", "imports transformer.gpt (vqgan.transformer)"),  # data below the models
+    ("transformer.gpt", "utils.data.conditions", "(a model) imports utils.data.conditions"),  # a model knows data
+    ("utils.eval.metrics", "generate", "imports the script(s) ['generate']"),
+    ("utils.core.config", "utils.core.errors", "import cycle"),  # errors -> config added below
+    ("utils.sample_eval", "utils.visualize", "imports utils.visualize (utils)"),  # one tool another
+])
+def test_the_layering_check_fails_on_a_probe_of_each_kind(module, imports, what):
+    graph = project_graph()
+    assert violations(graph) == []
+    graph[module] = graph[module] | {imports}
+    if what == "import cycle":
+        graph["utils.core.errors"] = graph["utils.core.errors"] | {"utils.core.config"}
+    assert any(what in v for v in violations(graph)), violations(graph)
 
 
 def test_every_package_says_what_belongs_there():

@@ -13,8 +13,8 @@ from utils.core.checkpoint import file_sha256, load_checkpoint_file
 from utils.core.errors import UserError
 from vqgan.model import VQGAN
 
-CONDITION_FACTOR = 4  # a low-resolution condition's default downsampling factor (data.condition_factor), also of the
-                      # records of stage-1 checkpoints written before they stored it
+OLD_CONDITION_FACTOR = 4  # the downsampling factor of every low-resolution condition before stage-1 checkpoints
+                          # stored data.condition_factor
 
 
 def load_stage1(path: str, device="cpu", recorded: Optional[dict] = None) -> tuple[VQGAN, dict]:
@@ -37,7 +37,7 @@ def load_stage1(path: str, device="cpu", recorded: Optional[dict] = None) -> tup
     record = {"checkpoint": path, "sha256": sha, "model": vq.model_args,
               "data": {"image_size": vq.image_size, "channels": vq.channels, "tokenize": data.get("tokenize", "image"),
                        "condition": data.get("condition", "none"), "condition_classes": data.get("condition_classes", 0),
-                       "condition_factor": data.get("condition_factor", CONDITION_FACTOR)}}
+                       "condition_factor": data.get("condition_factor", OLD_CONDITION_FACTOR)}}
     return vq, record
 
 

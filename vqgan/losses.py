@@ -11,7 +11,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-IGNORE = 255  # a class map's "no label" value: no class is set there, no loss is taken and no score counts it
 
 
 def hinge_d_loss(logits_real: torch.Tensor, logits_fake: torch.Tensor) -> torch.Tensor:
@@ -46,7 +45,7 @@ class LossWeights:
 
 
 def generator_backward(x, x_rec, vq_loss, last_layer, weights: LossWeights, *, lpips=None, disc=None,
-                       grad_scale: float = 1.0, autocast=None, class_targets=None) -> dict:
+                       grad_scale: float = 1.0, autocast=None, class_targets=None, ignore_index: int = None) -> dict:
     """Computes the generator loss of one micro-batch and back-propagates `grad_scale` times it.
 
     x, x_rec: (B, C, H, W); vq_loss: scalar from the codebook; last_layer: the decoder's last weight.
@@ -54,12 +53,15 @@ def generator_backward(x, x_rec, vq_loss, last_layer, weights: LossWeights, *, l
     With `disc` None (before disc_start) nothing of the GAN is computed. With a discriminator, the
     gradient norms for λ are taken at the last layer from the gradients at x_rec, so the perceptual
     net and the discriminator are each back-propagated once, not twice as with autograd.grad on the
-    full losses. class_targets: (B, H, W) class indices (IGNORE: none) for a tokenizer of class maps, whose
-    x_rec are logits: the reconstruction term is then their cross-entropy ("ce"), weighted by l1.
+    full losses. class_targets: (B, H, W) class indices (ignore_index where none is set) for a tokenizer of
+    class maps, whose x_rec are logits: the reconstruction term is then their cross-entropy ("ce"), weighted
+    by l1.
     Returns the detached loss terms for logging."""
     autocast = autocast if autocast is not None else nullcontext()
     if class_targets is not None:
-        rec = F.cross_entropy(x_rec.float(), class_targets, ignore_index=IGNORE) * weights.l1
+        if ignore_index is None:
+            raise ValueError("class_targets need the ignore_index of their pixels without a class")
+        rec = F.cross_entropy(x_rec.float(), class_targets, ignore_index=ignore_index) * weights.l1
         terms = {"ce": rec.detach()}
     else:
         rec = (x - x_rec.float()).abs().mean() * weights.l1

@@ -14,10 +14,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from transformer.loading import CONDITION_FACTOR
 from utils.core.errors import UserError
 from utils.data.images import to_tensor
-from vqgan.losses import IGNORE
+
+IGNORE = 255  # a class map's "no label" value: no class is set there, no loss is taken and no score counts it
+CONDITION_FACTOR = 4  # a low-resolution condition's default downsampling factor (data.condition_factor)
 
 KINDS = ("segmentation", "edges", "lowres", "paired")
 EDGE_THRESHOLD = 0.25        # Sobel magnitude (luma in [0, 1]) above which a pixel is an edge

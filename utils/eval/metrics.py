@@ -5,7 +5,7 @@ import torch.nn.functional as F
 
 from utils.core.distributed import all_reduce_sum
 from utils.core.errors import UserError
-from vqgan.losses import IGNORE
+from utils.data.conditions import IGNORE
 
 
 def psnr(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -6,9 +6,8 @@ part of `train` are reused by the stage-2 schema.
 from dataclasses import dataclass, field, fields
 from typing import Optional
 
-from transformer.loading import CONDITION_FACTOR
 from utils.core.config import ConfigError, choices, num
-from utils.data.conditions import condition_channels
+from utils.data.conditions import CONDITION_FACTOR, condition_channels
 from utils.data.registry import DATASETS
 from vqgan.discriminator import PatchDiscriminator
 from vqgan.model import VQGANConfig
@@ -16,9 +15,9 @@ from vqgan.model import VQGANConfig
 
 @dataclass
 class RunConfig:
-    name: str = "shapes_vqgan"
-    out_dir: str = "runs"
-    seed: int = num(0, min=0)
+    name: str = "shapes_vqgan"       # the run folder's name: {out_dir}/{name}/
+    out_dir: str = "runs"            # where run folders (and stage 2's token cache, cache/) go
+    seed: int = num(0, min=0)        # weights, data order, augmentation and generated sets follow it
 
 
 @dataclass
@@ -27,12 +26,12 @@ class DataConfig:
     root: str = "data"                  # dataset files (mnist/fashion_mnist/cifar10) or the image tree (folder)
     val_root: Optional[str] = None      # folder only: a separate validation tree instead of val_fraction
     val_fraction: float = num(0.05, min=0, below=1)  # folder only: deterministic held-out fraction (at least one image)
-    image_size: int = num(32, min=1)
+    image_size: int = num(32, min=1)  # images are brought to this size (the shorter side, then a centre crop)
     crop_size: Optional[int] = num(None, min=1)  # stage 1: train on random crops of this size of the images brought
                                         # to image_size (image and map alike); null: the whole image
-    channels: int = choices(1, 3, default=3)
-    batch_size: int = num(32, min=1)
-    num_workers: int = num(0, min=0)
+    channels: int = choices(1, 3, default=3)  # 1: grayscale, 3: RGB
+    batch_size: int = num(32, min=1)  # images per optimizer step and process (before train.grad_accum)
+    num_workers: int = num(0, min=0)  # DataLoader worker processes; 0: load in the training process
     download: bool = False              # torchvision datasets: download into root when missing
     labels: str = choices("none", "subfolders", default="none")  # folder only: classes from first-level subfolders
     condition: str = choices("none", "segmentation", "edges", "lowres", "paired", default="none")  # a map beside
@@ -83,39 +82,39 @@ class DataConfig:
 
 @dataclass
 class LossConfig:
-    l1_weight: float = num(1.0, min=0)
-    l2_weight: float = num(0.0, min=0)
+    l1_weight: float = num(1.0, min=0)  # weight of |x - x_rec|_1 in the reconstruction loss
+    l2_weight: float = num(0.0, min=0)  # weight of an optional squared-error term
     perceptual_weight: float = num(0.0, min=0)  # LPIPS; 0 builds no VGG at all
     lpips_vgg_weights: str = "imagenet"  # "imagenet" (torchvision download), a local VGG16 state dict, or "random"
-    codebook_weight: float = num(1.0, min=0)
+    codebook_weight: float = num(1.0, min=0)  # weight of the quantization loss (codebook and commitment)
     disc_weight: float = num(0.8, min=0)  # multiplies the adaptive weight
     disc_start: int = num(2000, min=0)  # optimizer step at which the GAN terms switch on
-    disc_loss: str = choices("hinge", "vanilla", default="hinge")
-    disc_layers: int = num(3, min=1)
-    disc_channels: int = num(64, min=1)
+    disc_loss: str = choices("hinge", "vanilla", default="hinge")  # the discriminator's loss (hinge: the paper's)
+    disc_layers: int = num(3, min=1)    # the PatchGAN's strided layers: more see larger patches
+    disc_channels: int = num(64, min=1)  # the PatchGAN's first layer width
     disc_lr: Optional[float] = num(None, above=0)  # defaults to train.lr
 
 
 @dataclass
 class BaseTrainConfig:
     """The `train` keys of both stages."""
-    lr: float = num(2e-4, above=0)
-    betas: list[float] = num(factory=lambda: [0.5, 0.9], min=0, below=1)
-    weight_decay: float = num(0.0, min=0)
-    warmup_steps: int = num(0, min=0)
-    lr_schedule: str = choices("constant", "cosine", default="constant")
+    lr: float = num(2e-4, above=0)      # peak learning rate (after warm-up)
+    betas: list[float] = num(factory=lambda: [0.5, 0.9], min=0, below=1)  # Adam(W) betas
+    weight_decay: float = num(0.0, min=0)  # decoupled weight decay (AdamW)
+    warmup_steps: int = num(0, min=0)  # linear warm-up from 0 over this many steps
+    lr_schedule: str = choices("constant", "cosine", default="constant")  # after warm-up
     min_lr_ratio: float = num(0.1, min=0, max=1)  # cosine floor, as a fraction of lr
     grad_clip: float = num(0.0, min=0)  # max global grad norm; 0 = off
-    grad_accum: int = num(1, min=1)
-    max_steps: int = num(3000, min=0)
-    log_every: int = num(50, min=1)
-    eval_every: int = num(500, min=1)
-    ckpt_every: int = num(500, min=1)
+    grad_accum: int = num(1, min=1)      # micro-batches per optimizer step
+    max_steps: int = num(3000, min=0)   # optimizer steps of the run
+    log_every: int = num(50, min=1)     # steps between TensorBoard scalars
+    eval_every: int = num(500, min=1)   # steps between validations (and at the end)
+    ckpt_every: int = num(500, min=1)   # steps between checkpoints/last.pt writes (and at the end)
     keep_last: int = num(0, min=0)      # periodic step_XXXXXXX.pt kept besides last.pt; 0 = none
     precision: str = choices("auto", "fp32", "bf16", "fp16", default="auto")  # auto: bf16 where the hardware
                                         # computes it natively (CUDA with bf16, CPUs with avx512_bf16/amx_bf16), else
                                         # fp16 on CUDA and fp32 on CPUs (utils/core/precision.py)
-    compile: bool = False
+    compile: bool = False               # torch.compile the model's forward
     device: str = "auto"                # auto | cpu | cuda | cuda:N | mps
     eval_batches: int = num(0, min=0)   # validation batches per evaluation; 0 = the whole val split
     init_from: Optional[str] = None     # a checkpoint of this stage whose weights a new run starts from (fine-tuning)
