@@ -13,7 +13,7 @@ from helpers import TINY_STAGE1, TINY_STAGE2
 from utils.core.errors import UserError
 from utils.data.registry import build_datasets
 from utils.data.scenes import SCENE_PALETTE, segmenter_data
-from utils.eval import classifier, segmenter
+from utils.eval import judges, segmenter
 from utils.eval.layouts import _paired
 from utils.eval.segmenter import SmallSegNet, layout_scores, segment
 
@@ -61,7 +61,7 @@ def scene_runs(tmp_path_factory):
 def quick_judge(monkeypatch):
     monkeypatch.setattr(segmenter, "LAYOUT_CROPS", 32)
     monkeypatch.setattr(segmenter, "LAYOUT_HELD_OUT", 2)
-    monkeypatch.setattr(classifier, "EPOCHS", 1)
+    monkeypatch.setattr(judges, "EPOCHS", 1)
 
 
 def test_layout_scores_of_a_scenes_run(scene_runs, quick_judge):

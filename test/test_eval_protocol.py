@@ -11,7 +11,7 @@ from utils.eval import recognition
 from utils.eval.classifier import SmallCNN
 from utils.eval.metrics import precision_recall
 from utils.eval.protocol import (bootstrap_se, ceiling_and_reference, overlaps, part_range, sample_seed)
-from utils.eval.recognition import fd
+from utils.eval.metrics import frechet_of as fd
 from utils.train.stage2_config import Stage2Config
 
 

@@ -290,10 +290,10 @@ def test_gpt_refuses_steps_and_inpainting(stage1, tmp_path):
 
 def test_sample_eval_scores_inpainting(masked_run, monkeypatch):
     from utils import sample_eval
-    from utils.eval import classifier
-    monkeypatch.setattr(classifier, "SHAPES_TRAIN", 300)
-    monkeypatch.setattr(classifier, "SHAPES_HELD_OUT", 60)
-    monkeypatch.setattr(classifier, "EPOCHS", 1)
+    from utils.eval import judges
+    monkeypatch.setattr(judges, "SHAPES_TRAIN", 300)
+    monkeypatch.setattr(judges, "SHAPES_HELD_OUT", 60)
+    monkeypatch.setattr(judges, "EPOCHS", 1)
     r = sample_eval.evaluate(masked_run, per_class=2, recon=False, inpaint=True, complete=True, held_out=12)
     assert r["inpainting"]["images"] == 12 and r["inpainting"]["masked_tokens"] == 16
     assert 0 <= r["inpainting"]["class_accuracy_null_class"] <= 1

@@ -399,11 +399,11 @@ def test_sample_eval_scores_a_class_conditional_run(tmp_path, monkeypatch):
     import json
 
     from utils import sample_eval
-    from utils.eval import classifier
+    from utils.eval import judges
     from utils.eval.protocol import overlaps
-    monkeypatch.setattr(classifier, "SHAPES_TRAIN", 600)
-    monkeypatch.setattr(classifier, "SHAPES_HELD_OUT", 120)
-    monkeypatch.setattr(classifier, "EPOCHS", 2)
+    monkeypatch.setattr(judges, "SHAPES_TRAIN", 600)
+    monkeypatch.setattr(judges, "SHAPES_HELD_OUT", 120)
+    monkeypatch.setattr(judges, "EPOCHS", 2)
     s1 = stage1(tmp_path, "s1")
     d = stage2(tmp_path, s1, "g", "model.class_conditional=true", "train.max_steps=2")
     sample_eval.main([d, "--per-class", "4", "--cfg-scale", "1.5"])

@@ -29,9 +29,7 @@ import os
 import torch
 from torchvision.utils import save_image
 
-from transformer.draw import draw
 from transformer.loading import load_transformer
-from transformer.sampling import decode_images
 from utils.core.config import check_option, load_config
 from utils.core.distributed import DistInfo, select_device
 from utils.core.errors import UserError, command

@@ -1,6 +1,6 @@
 """Judges of generated images, trained on real ones: a small CNN classifier (does a sample show the class it was
 asked for? and the feature space of a Fréchet distance between samples and real images). The segmenters, judges of
-samples drawn for a layout, are in utils/eval/segmenter.py and share the training recipe here.
+samples drawn for a layout, are in utils/eval/segmenter.py; both train by utils/eval/judges.py.
 
 Recipes (trained on first use, cached under {run.out_dir}/cache/), as each dataset's record names them
 (utils/data/spec.py: judge):
@@ -13,7 +13,6 @@ Recipes (trained on first use, cached under {run.out_dir}/cache/), as each datas
 """
 import hashlib
 import json
-import math
 import os
 
 import torch
@@ -24,8 +23,9 @@ from utils.core.checkpoint import save_atomic
 from utils.core.errors import UserError
 from utils.data.images import stack
 from utils.data.registry import DATASETS, build_datasets, dataset_spec
+from utils.eval import judges
+from utils.eval.judges import blur_noise, fit, shift
 
-SHAPES_TRAIN, SHAPES_HELD_OUT, EPOCHS = 30_000, 3_000, 4
 _VERSION = 1  # bump when a recipe changes: the cache key holds it
 
 
@@ -52,58 +52,13 @@ class SmallCNN(nn.Module):
         return self.head(self.features(x))
 
 
-def _blur_noise(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-    """Half the images blurred by a Gaussian of random sigma in [0.3, 1.2], all noised with a random std up to 0.05."""
-    B = x.shape[0]
-    out = x.clone()
-    for i in torch.nonzero(torch.rand(B, generator=g) < 0.5).flatten().tolist():
-        sigma = 0.3 + 0.9 * torch.rand((), generator=g).item()
-        k = torch.arange(-2, 3, dtype=torch.float32)
-        w = torch.exp(-k ** 2 / (2 * sigma ** 2))
-        w = w / w.sum()
-        c = x.shape[1]
-        img = F.pad(x[i:i + 1], (2, 2, 2, 2), mode="replicate")
-        img = F.conv2d(img, w.view(1, 1, 1, 5).expand(c, 1, 1, 5), groups=c)
-        out[i] = F.conv2d(img, w.view(1, 1, 5, 1).expand(c, 1, 5, 1), groups=c)[0]
-    return (out + torch.randn(x.shape, generator=g) * 0.05 * torch.rand(B, 1, 1, 1, generator=g)).clamp(-1, 1)
-
-
-def _shift(x: torch.Tensor, g: torch.Generator, pixels: int = 2) -> torch.Tensor:
-    """Every image moved by up to `pixels` in each direction (zero padding)."""
-    B, _, H, W = x.shape
-    padded = F.pad(x, (pixels,) * 4, value=-1.0)
-    dy, dx = (torch.randint(0, 2 * pixels + 1, (2, B), generator=g)).tolist()
-    return torch.stack([padded[i, :, dy[i]:dy[i] + H, dx[i]:dx[i] + W] for i in range(B)])
-
-
 def recipe_data(dataset: str, data) -> tuple[tuple, tuple, tuple[str, ...]]:
     """((train images, labels), (held-out images, labels), class names) of a recipe."""
     spec = dataset_spec(dataset)
     if spec.judge == "rendered":
-        return spec.judge_data(data.image_size, SHAPES_TRAIN, SHAPES_HELD_OUT)
+        return spec.judge_data(data.image_size, judges.SHAPES_TRAIN, judges.SHAPES_HELD_OUT)
     tr, va = build_datasets(data, 0, augment=False)
     return stack(tr), stack(va), spec.class_names
-
-
-@torch.enable_grad()
-def _fit(net: nn.Module, x: torch.Tensor, targets: torch.Tensor, loss_fn, augment, batch: int, name: str, log) -> None:
-    """The recipe both judges share: EPOCHS epochs of Adam 2e-3 with a cosine decay to 0, augmented batches, all
-    seeded; leaves the net in eval mode."""
-    g = torch.Generator().manual_seed(0)
-    opt = torch.optim.Adam(net.parameters(), 2e-3)
-    steps = EPOCHS * math.ceil(len(x) / batch)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
-    net.train()
-    for epoch in range(EPOCHS):
-        for idx in torch.randperm(len(x), generator=g).split(batch):
-            loss = loss_fn(net(augment(x[idx], g)), targets[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-        if log:
-            log.info(f"{name}: epoch {epoch + 1}/{EPOCHS}, last batch loss {loss.item():.3f}")
-    net.eval()
 
 
 def train_classifier(dataset: str, data, log=None, batch: int = 128) -> tuple[SmallCNN, dict]:
@@ -111,7 +66,7 @@ def train_classifier(dataset: str, data, log=None, batch: int = 128) -> tuple[Sm
     (x, y), (xv, yv), names = recipe_data(dataset, data)
     torch.manual_seed(0)
     model = SmallCNN(x.shape[1], len(names))
-    _fit(model, x, y, F.cross_entropy, _blur_noise if dataset_spec(dataset).judge == "rendered" else _shift, batch,
+    fit(model, x, y, F.cross_entropy, blur_noise if dataset_spec(dataset).judge == "rendered" else shift, batch,
          f"classifier for {dataset}", log)
     with torch.no_grad():
         pred = torch.cat([model(b).argmax(1) for b in xv.split(500)])
@@ -126,7 +81,7 @@ def load_or_train(dataset: str, data, cache_dir: str, log=None) -> tuple[SmallCN
     if dataset not in recipes:
         raise UserError(f"no classifier recipe for data.dataset={dataset}; there are: {', '.join(recipes)}")
     key = {"version": _VERSION, "dataset": dataset, "image_size": data.image_size, "channels": data.channels,
-           "sizes": [SHAPES_TRAIN, SHAPES_HELD_OUT, EPOCHS]}
+           "sizes": [judges.SHAPES_TRAIN, judges.SHAPES_HELD_OUT, judges.EPOCHS]}
     if DATASETS[dataset].judge == "real":
         key.update(root=os.path.abspath(data.root))
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:8]

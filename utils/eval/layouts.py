@@ -20,7 +20,7 @@ from transformer.draw import draw
 from transformer.sampling import PLACEMENTS, decode_images
 from utils.data.conditions import colorize, one_hot
 from utils.data.registry import build_datasets, dataset_spec, layout_palette
-from utils.eval.metrics import FeatureStats, frechet_distance
+from utils.eval.metrics import frechet_of
 from utils.eval.protocol import described
 from utils.eval.segmenter import layout_scores, load_or_train_segmenter, segment
 
@@ -140,12 +140,7 @@ def _crops(x: torch.Tensor, side: int, seed: int) -> torch.Tensor:
 
 def _fd(judge, a: torch.Tensor, b: torch.Tensor) -> float:
     """The Fréchet distance between image sets a and b in the judge's features."""
-    stats = []
-    for x in (a, b):
-        feats = torch.cat([judge.features(chunk.float()) for chunk in x.split(100)])
-        stats.append(FeatureStats(feats.shape[1]))
-        stats[-1].update(feats)
-    return frechet_distance(*stats)
+    return frechet_of(*(torch.cat([judge.features(chunk.float()) for chunk in x.split(100)]) for x in (a, b)))
 
 
 @torch.no_grad()

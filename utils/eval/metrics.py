@@ -60,6 +60,15 @@ def frechet_distance(a: "FeatureStats", b: "FeatureStats") -> float:
     return float(calculate_frechet_distance(*a.mean_cov(), *b.mean_cov()))
 
 
+def frechet_of(a: torch.Tensor, b: torch.Tensor) -> float:
+    """The Fréchet distance between feature sets a (N, D) and b (M, D)."""
+    stats = []
+    for feats in (a, b):
+        stats.append(FeatureStats(feats.shape[1]))
+        stats[-1].update(feats)
+    return frechet_distance(*stats)
+
+
 class FeatureStats:
     """The count, sum and sum of outer products of a set of feature vectors, in float64: enough for their mean
     and covariance, and combined across processes exactly by summing (all_reduce), which is how rFID gathers the

@@ -15,16 +15,8 @@ from transformer.draw import draw
 from transformer.sampling import decode_images
 from utils.data.registry import build_datasets, dataset_spec
 from utils.eval.classifier import classify
-from utils.eval.metrics import FeatureStats, frechet_distance, precision_recall
+from utils.eval.metrics import frechet_of, precision_recall
 from utils.eval.protocol import bootstrap_se, ceiling_and_reference, described, part_range
-
-
-def fd(a: torch.Tensor, b: torch.Tensor) -> float:
-    """The Fréchet distance between feature sets a (N, D) and b (M, D)."""
-    sa, sb = FeatureStats(a.shape[1]), FeatureStats(b.shape[1])
-    sa.update(a)
-    sb.update(b)
-    return frechet_distance(sa, sb)
 
 
 def real_reference(cfg, clf, n: int, part: str) -> dict:
@@ -75,9 +67,9 @@ def class_scores(model, cfg, clf, names, per_class: int, seed: int, settings, re
     ref, floor = reference["feats"], reference["floor_feats"]
     count = len(reference["ceiling_images"])  # every set compared at one count: samples, ceiling and floor
     pick = torch.randperm(len(x), generator=torch.Generator().manual_seed(1))[:count]
-    out["frechet_samples_to_val"] = fd(feats[pick], ref)
-    out["frechet_samples_se"] = bootstrap_se(lambda f: fd(f, ref), feats[pick])
-    out["frechet_train_to_val"] = fd(floor, ref)
+    out["frechet_samples_to_val"] = frechet_of(feats[pick], ref)
+    out["frechet_samples_se"] = bootstrap_se(lambda f: frechet_of(f, ref), feats[pick])
+    out["frechet_train_to_val"] = frechet_of(floor, ref)
     m = min(count, len(ref))  # precision and recall: as many real images as samples
     real = ref[torch.randperm(len(ref), generator=torch.Generator().manual_seed(2))[:m]]
     out["precision"], out["recall"] = precision_recall(real, feats[pick][:m])
@@ -90,7 +82,7 @@ def class_scores(model, cfg, clf, names, per_class: int, seed: int, settings, re
         rec_pred, rec_feats = classify(clf, rec)
         labels = reference["ceiling_labels"]
         out["recon_accuracy"] = {names[c]: (rec_pred[labels == c] == c).float().mean().item() for c in range(nc)}
-        out["frechet_recon_to_val"] = fd(rec_feats, ref)
-        out["frechet_recon_se"] = bootstrap_se(lambda f: fd(f, ref), rec_feats)
+        out["frechet_recon_to_val"] = frechet_of(rec_feats, ref)
+        out["frechet_recon_se"] = bootstrap_se(lambda f: frechet_of(f, ref), rec_feats)
         out["recon_precision"], out["recon_recall"] = precision_recall(real, rec_feats[:m])
     return out

@@ -18,7 +18,8 @@ import torch.nn.functional as F
 from utils.core.checkpoint import save_atomic
 from utils.core.errors import UserError
 from utils.data.registry import dataset_spec
-from utils.eval.classifier import EPOCHS, SHAPES_HELD_OUT, SHAPES_TRAIN, _blur_noise, _fit
+from utils.eval import judges
+from utils.eval.judges import blur_noise, fit
 from utils.eval.metrics import ClassMapScores
 
 LAYOUT_CROPS, LAYOUT_HELD_OUT = 7_500, 100
@@ -91,15 +92,15 @@ def train_segmenter(data, log=None, batch: int = 64) -> tuple[SmallSegNet, dict]
     score."""
     spec = dataset_spec(data.dataset)
     layouts = spec.segmenter == "layouts"
-    n, n_held_out = (LAYOUT_CROPS, LAYOUT_HELD_OUT) if layouts else (SHAPES_TRAIN, SHAPES_HELD_OUT)
+    n, n_held_out = (LAYOUT_CROPS, LAYOUT_HELD_OUT) if layouts else (judges.SHAPES_TRAIN, judges.SHAPES_HELD_OUT)
     (x, m), (xv, mv) = spec.segmenter_data(data.image_size, n, n_held_out)
     torch.manual_seed(0)
     if not layouts:
         net = SmallSegNet()
-        _fit(net, x, m.float(), F.binary_cross_entropy_with_logits, _blur_noise, batch, "shape segmenter", log)
+        fit(net, x, m.float(), F.binary_cross_entropy_with_logits, blur_noise, batch, "shape segmenter", log)
         return net, {"held_out_iou": iou(segment(net, xv), mv).mean().item(), "held_out": len(mv)}
     net = SmallSegNet(classes=spec.mask_classes)
-    _fit(net, x, m.long(), F.cross_entropy, _blur_noise, batch, f"{data.dataset} layout segmenter", log)
+    fit(net, x, m.long(), F.cross_entropy, blur_noise, batch, f"{data.dataset} layout segmenter", log)
     scores = layout_scores(segment(net, xv), mv, spec.mask_classes)
     return net, {"held_out_iou": scores.result()["miou"], "held_out": len(mv),
                  "held_out_per_class": dict(zip(spec.mask_names, scores.per_class()))}
@@ -111,7 +112,7 @@ def load_or_train_segmenter(data, cache_dir: str, log=None) -> tuple[SmallSegNet
     if not spec.segmenter_data:
         raise UserError(f"no segmenter recipe for data.dataset={data.dataset}")
     size = data.image_size
-    recipe = [_VERSION, size, SHAPES_TRAIN, SHAPES_HELD_OUT, EPOCHS]
+    recipe = [_VERSION, size, judges.SHAPES_TRAIN, judges.SHAPES_HELD_OUT, judges.EPOCHS]
     if data.dataset != "shapes":
         recipe += [data.dataset, LAYOUT_CROPS, LAYOUT_HELD_OUT]
     key = hashlib.sha256(json.dumps(recipe).encode()).hexdigest()[:8]
