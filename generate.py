@@ -23,7 +23,7 @@ from torchvision.utils import save_image
 
 from transformer.draw import SampleConfig, completion_classes, draw
 from transformer.loading import load_transformer
-from transformer.sampling import decode_images, raster_prefix
+from transformer.sampling import decode_images, kept_rows, raster_prefix
 from utils.core.config import check_option, load_config
 from utils.core.distributed import DistInfo, select_device
 from utils.core.errors import UserError, command
@@ -186,7 +186,7 @@ def generate(argv=None) -> None:
     tokens, keep = None, None
     if args.complete:
         given, grid = image_grid(args.complete, "--complete", vq, device, grid)
-        rows = args.keep_rows if args.keep_rows is not None else grid[0] // 2
+        rows = args.keep_rows if args.keep_rows is not None else kept_rows(grid)
         check_option("--keep-rows", rows, min=0, max=grid[0])
         tokens, keep = given.expand(args.num, -1, -1), raster_prefix(grid, rows * grid[1])
     elif args.extend:

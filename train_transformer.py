@@ -7,7 +7,6 @@ The dataset is encoded once into token grids, cached under {run.out_dir}/cache/ 
 training never runs the VQGAN encoder.
 """
 import math
-import os
 import time
 from contextlib import nullcontext
 from dataclasses import asdict
@@ -21,9 +20,10 @@ from torchvision.utils import make_grid
 from transformer.draw import draw
 from transformer.gpt import GPT, GPTConfig, legacy_gpt_config, model_args_of
 from transformer.loading import load_stage1
-from transformer.sampling import decode_images, raster_prefix
+from transformer.sampling import decode_images, top_half
 from transformer.sequences import crop_windows, training_pair
 from transformer.tokens import cache_path, dataset_key, load_or_encode
+from utils.core.checkpoint import cache_dir
 from utils.core.distributed import all_reduce_sum
 from utils.core.errors import UserError
 from utils.core.precision import autocast_context
@@ -101,14 +101,14 @@ def train(argv=None):
     prepare_run_dir(run)
 
     # ---------------------------------------------------------------- the token cache
-    cache_dir = os.path.join(cfg.run.out_dir, "cache")
+    cache = cache_dir(cfg.run.out_dir)
     key = dataset_key(d.dataset, cache_settings(d, cfg.run.seed), (train_set, val_set))
     shas = [stage1_record["sha256"]] + ([cond_record["sha256"]] if cond_record else [])
     meta = {"stage1_sha256": shas, "codebook_size": vq.cfg.codebook_size, "grid": list(grid), "dataset": key,
             "files": len(train_set.sources) + len(val_set.sources)}
     data, token_cache = {}, {}
     for split, ds in (("train", train_set), ("val", val_set)):
-        path = token_cache[split] = cache_path(cache_dir, shas, key, split)
+        path = token_cache[split] = cache_path(cache, shas, key, split)
         if dist_info.is_main:  # one process encodes; the others wait, then read
             data[split] = load_or_encode(path, vq, ds, device, {**meta, "split": split}, log, d.num_workers, cond_vq)
         if dist_info.enabled:
@@ -172,7 +172,7 @@ def train(argv=None):
                 real = val_grids[:k].long().to(device)
                 classes = val_labels[:k].tolist() if gcfg.num_classes else None
                 done = draw(model, k, sc, grid, classes, cond=conds, tokens=real,
-                            keep=raster_prefix(grid, (grid[0] // 2) * grid[1]),
+                            keep=top_half(grid),
                             generator=torch.Generator(device).manual_seed(cfg.run.seed))
                 images = torch.cat([decode_images(vq, real), decode_images(vq, done)])
                 logger.image("val/completions_real_above_completed", make_grid(images, nrow=k, padding=1), at_step)

@@ -84,6 +84,21 @@ def raster_prefix(grid: tuple[int, int], n: int) -> torch.Tensor:
     return (torch.arange(grid[0] * grid[1]) < n).reshape(grid)
 
 
+def kept_rows(grid: tuple[int, int]) -> int:
+    """The token rows a completion keeps unless told otherwise: the top half."""
+    return grid[0] // 2
+
+
+def top_half(grid: tuple[int, int]) -> torch.Tensor:
+    """(H, W) bool: what a completion keeps by default, the top kept_rows(grid) rows."""
+    return raster_prefix(grid, kept_rows(grid) * grid[1])
+
+
+def centre_hole(grid: tuple[int, int]) -> torch.Tensor:
+    """(H, W) bool: what a free-form inpainting keeps by default, all but a centre square of half the grid's height."""
+    return centre_keep(grid, max(1, grid[0] // 2))
+
+
 def centre_keep(grid: tuple[int, int], side: int) -> torch.Tensor:
     """(H, W) bool: False on the centre side x side positions (what an inpainting re-samples), True elsewhere."""
     keep = torch.ones(grid, dtype=torch.bool)

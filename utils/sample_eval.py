@@ -30,6 +30,7 @@ import torch
 from torchvision.utils import save_image
 
 from transformer.loading import load_transformer
+from utils.core.checkpoint import cache_dir, last_checkpoint
 from utils.core.config import check_option, load_config
 from utils.core.distributed import DistInfo, select_device
 from utils.core.errors import UserError, command
@@ -46,7 +47,7 @@ from utils.train.stage2_config import Stage2Config
 
 def load_run(run_dir: str, device: str):
     """(checkpoint path, device, the transformer with its stage-1 models, its stage-2 config) of a run folder."""
-    ckpt_path = os.path.join(run_dir, "checkpoints", "last.pt")
+    ckpt_path = last_checkpoint(run_dir)
     dev = select_device(device, DistInfo(), "--device ")
     model = load_transformer(ckpt_path, dev)
     return ckpt_path, dev, model, load_config(Stage2Config, base=model.ckpt["config"],
@@ -66,7 +67,7 @@ def evaluate(run_dir: str, per_class: int = 300, seed: int = 0, options: dict = 
     ckpt_path, dev, model, cfg = load_run(run_dir, device)
     settings = cfg.sample.with_options(model.gpt, **(options or {}))
     g = torch.Generator(dev).manual_seed(sample_seed("report", seed))
-    cache = os.path.join(cfg.run.out_dir, "cache")
+    cache = cache_dir(cfg.run.out_dir)
     kind, spec = cfg.data.condition, dataset_spec(cfg.data.dataset)
     if spec.segmenter == "layouts":
         return canvas_scores(run_dir, model, cfg, cache, held_out or 100, seed, settings, log, canvas_size, against,
@@ -116,7 +117,7 @@ def canvas_scores(run_dir, model, cfg, cache, n, seed, settings, log, size, agai
     else:
         other = None
         if against:
-            path = os.path.join(against, "checkpoints", "last.pt")
+            path = last_checkpoint(against)
             m = load_transformer(path, dev)
             if m.cond_vq is None:
                 raise UserError(f"--against '{against}' is not a layout-conditional model")
@@ -143,7 +144,7 @@ def sweep(run_dir: str, specs: list[str], per_class: int, seed: int, device: str
     if not model.gpt.cfg.num_classes:
         raise UserError(f"'{ckpt_path}': --sweep scores the samples of a class-conditional model; this one has no "
                         "classes")
-    clf, info = load_or_train(cfg.data.dataset, cfg.data, os.path.join(cfg.run.out_dir, "cache"), log)
+    clf, info = load_or_train(cfg.data.dataset, cfg.data, cache_dir(cfg.run.out_dir), log)
     reference = real_reference(cfg, clf, per_class * model.gpt.cfg.num_classes, "tuning")  # once for every point
     points, ceiling = [], None
     for point in grid:

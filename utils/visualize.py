@@ -18,7 +18,8 @@ from torchvision.utils import make_grid, save_image
 
 from transformer.draw import completion_classes, draw
 from transformer.loading import load_transformer
-from transformer.sampling import centre_keep, decode_images, raster_prefix
+from transformer.sampling import centre_hole, decode_images, top_half
+from utils.core.checkpoint import last_checkpoint
 from utils.core.config import check_option, load_config
 from utils.core.errors import UserError, command
 from utils.data.conditions import as_picture
@@ -113,10 +114,10 @@ def stage2_figures(ckpt_path: str, out: str, num: int, seed: int, scale: int = 1
         k = min(num, len(c["tokens"]))
         real = c["tokens"][:k].long()
         classes = c["labels"][:k].tolist() if nc else None
-        done = drawn(k, grid, classes, tokens=real, keep=raster_prefix(grid, (grid[0] // 2) * grid[1]))
+        done = drawn(k, grid, classes, tokens=real, keep=top_half(grid))
         save_grid(torch.cat([decode_images(vq, real), done]), paths[2], nrow=k, scale=scale)
         if gpt.cfg.masked:  # free-form: the centre re-sampled, without a class (the kept tokens decide)
-            keep = centre_keep(grid, max(1, grid[0] // 2))
+            keep = centre_hole(grid)
             shown = decode_images(vq, real)
             f = vq.cfg.downsample_factor
             holed = shown.clone()
@@ -158,7 +159,7 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     check_option("--num", args.num, min=1)
     check_option("--scale", args.scale, min=1)
-    ckpt_path = os.path.join(args.run_dir, "checkpoints", "last.pt")
+    ckpt_path = last_checkpoint(args.run_dir)
     if not os.path.isfile(ckpt_path):
         raise UserError(f"no checkpoint at '{ckpt_path}': give a run folder (runs/<name>)")
     kind = torch.load(ckpt_path, map_location="cpu", weights_only=True).get("kind")

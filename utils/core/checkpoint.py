@@ -11,6 +11,16 @@ from utils.core.errors import UserError
 FORMAT = 1
 
 
+def last_checkpoint(run_dir: str) -> str:
+    """A run folder's latest checkpoint: RUN/checkpoints/last.pt."""
+    return os.path.join(run_dir, "checkpoints", "last.pt")
+
+
+def cache_dir(out_dir: str) -> str:
+    """The folder under run.out_dir that runs share: stage 2's token grids, the judges of generated images."""
+    return os.path.join(out_dir, "cache")
+
+
 def save_atomic(obj: dict, path: str) -> None:
     """torch.save to a temporary file in the same folder, fsync, then rename over `path`:
     a crash at any moment leaves either the old file or the new one, never half of one."""
@@ -31,8 +41,9 @@ def save_atomic(obj: dict, path: str) -> None:
 
 def save_run_checkpoint(state: dict, run_dir: str, step: int, keep_last: int) -> None:
     """checkpoints/last.pt, plus step_XXXXXXX.pt copies of which the newest `keep_last` are kept."""
-    folder = os.path.join(run_dir, "checkpoints")
-    save_atomic(state, os.path.join(folder, "last.pt"))
+    last = last_checkpoint(run_dir)
+    folder = os.path.dirname(last)
+    save_atomic(state, last)
     if keep_last > 0:
         save_atomic(state, os.path.join(folder, f"step_{step:07d}.pt"))
         rotate(folder, keep_last)

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from transformer.draw import completion_classes, draw
-from transformer.sampling import centre_keep, decode_images, raster_prefix
+from transformer.sampling import centre_hole, decode_images, top_half
 from utils.data.conditions import downsample, upsample
 from utils.data.registry import build_datasets
 from utils.eval.classifier import classify, load_or_train
@@ -112,6 +112,7 @@ def _resampled_accuracy(model, cfg, cache_dir: str, n: int, generator, settings,
                         generator=generator)
             images.append(decode_images(vq, done) * 2 - 1)
         out[f"class_accuracy_{name}"] = (classify(clf, torch.cat(images))[0] == labels).float().mean().item()
+    out["masked_tokens"] = int((~keep).sum())
     return len(x), out
 
 
@@ -124,21 +125,22 @@ def evaluate_completion(model, cfg, cache_dir: str, n: int, generator, settings,
     gpt = model[0]
     names = ["null_class", "true_class"] if gpt.cfg.masked else ["likeliest_class", "null_class", "true_class"]
     images, scores = _resampled_accuracy(model, cfg, cache_dir, n, generator, settings, log, batch,
-                                         lambda grid: raster_prefix(grid, (grid[0] // 2) * grid[1]),
+                                         top_half,
                                          names if gpt.cfg.num_classes else ["completed"])
+    scores.pop("masked_tokens")
     return {"images": images, **scores}
 
 
 @torch.no_grad()
-def evaluate_inpainting(model, cfg, cache_dir: str, n: int, generator, settings, log, batch=100,
-                        side: int = 4) -> dict:
-    """Masks the centre side x side tokens of n held-out images and re-samples them (a masked model's free-form
+def evaluate_inpainting(model, cfg, cache_dir: str, n: int, generator, settings, log, batch=100) -> dict:
+    """Masks the centre tokens of n held-out images (transformer.sampling.centre_hole: a square of half the grid's
+    height) and re-samples them (a masked model's free-form
     inpainting, as generate.py --inpaint does it: without --class, the null class); the classifier judges whether
     the result is still of the original class. A class-conditional model is also given the true class."""
     gpt = model[0]
     if not gpt.cfg.masked:
         raise ValueError("inpainting is scored for masked (maskgit) models")
     images, scores = _resampled_accuracy(model, cfg, cache_dir, n, generator, settings, log, batch,
-                                         lambda grid: centre_keep(grid, side),
+                                         centre_hole,
                                          ["null_class", "true_class"] if gpt.cfg.num_classes else ["inpainted"])
-    return {"images": images, "masked_tokens": side * side, **scores}
+    return {"images": images, "masked_tokens": scores.pop("masked_tokens"), **scores}

@@ -11,7 +11,7 @@ from typing import Any, Optional
 
 import torch
 
-from utils.core.checkpoint import FORMAT, load_checkpoint_file, save_run_checkpoint
+from utils.core.checkpoint import FORMAT, last_checkpoint, load_checkpoint_file, save_run_checkpoint
 from utils.core.config import dump_yaml, load_config, to_dict
 from utils.core.distributed import (DistInfo, cleanup, gather_rng_states, init_distributed,
                                restore_rng_states, select_device)
@@ -87,7 +87,7 @@ def resolve_config(cls, args, kind: str):
         return init_config(cfg, init, args.overrides), None, init
     path = args.resume
     if not path:
-        path = os.path.join(run_dir_of(load_config(cls, args.config, args.overrides)), "checkpoints", "last.pt")
+        path = last_checkpoint(run_dir_of(load_config(cls, args.config, args.overrides)))
         if not os.path.isfile(path):
             raise UserError(f"nothing to resume: no checkpoint at '{path}'; start the run without --resume")
     ckpt = load_checkpoint_file(path, kind)
@@ -124,11 +124,11 @@ def prepare_run_dir(run: Run) -> None:
     d = run.dir
     if not run.dist.is_main:
         return
-    if run.ckpt is None and os.path.exists(os.path.join(d, "checkpoints", "last.pt")):
+    if run.ckpt is None and os.path.exists(last_checkpoint(d)):
         raise UserError(f"run folder '{d}' already holds a run: resume it with --resume, "
                         f"or choose another run.name=... (or delete the folder)")
     try:
-        os.makedirs(os.path.join(d, "checkpoints"), exist_ok=True)
+        os.makedirs(os.path.dirname(last_checkpoint(d)), exist_ok=True)
         probe = os.path.join(d, ".write_test")
         with open(probe, "w"):
             pass
