@@ -5,13 +5,12 @@ import sys
 
 import torch
 
-from conftest import ROOT
+from conftest import ROOT, TINY_MODEL
 
 # 16x16 images, the narrowest widths, 8x8 tokens: a step takes a few milliseconds
 TINY_STAGE1 = ["data.image_size=16", "data.batch_size=4", "data.num_train=64", "data.num_val=16",
-               "model.ch=32", "model.ch_mult=[1,2]", "model.num_res_blocks=1", "model.attn_resolutions=[8]",
-               "model.z_channels=32", "model.codebook_size=16", "model.codebook_dim=4",
-               "model.codebook_restart_after=2", "loss.disc_layers=2", "loss.disc_channels=8", "loss.disc_start=3",
+               *[f"model.{k}={str(v).replace(' ', '')}" for k, v in TINY_MODEL.items()],
+               "loss.disc_layers=2", "loss.disc_channels=8", "loss.disc_start=3",
                "train.lr_schedule=constant", "train.warmup_steps=0", "train.log_every=2", "train.eval_every=3",
                "train.ckpt_every=3", "train.max_steps=6", "train.precision=fp32"]
 

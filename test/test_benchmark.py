@@ -58,6 +58,7 @@ def test_cli_table_json_and_errors(tmp_path, monkeypatch, capsys):
         assert e.value.code == 2 and "CUDA is not available" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 @needs_taming
 def test_stage2_step_against_the_official_step():
     from utils.benchmark.stage2 import bench_stage2
@@ -67,6 +68,7 @@ def test_stage2_step_against_the_official_step():
     assert "official minGPT" in r["what"]
 
 
+@pytest.mark.slow
 def test_lookup_memory_excludes_the_parent_process():
     """The lookup's peak memory is the child's own: Linux carries ru_maxrss over from the parent across fork
     and exec, which once made this figure report the benchmark process's footprint instead."""
@@ -117,6 +119,7 @@ def test_maskgit_benchmark_rows(monkeypatch):
     assert row["maskgit_gflop_per_image"] > row["gpt_kv_gflop_per_image"] > 0  # 8 rounds over every token cost more
 
 
+@pytest.mark.slow
 def test_canvas_scaling_rows(monkeypatch):
     from utils.benchmark import canvas
     gpt = canvas.scene_gpt(torch.device("cpu"))
@@ -129,6 +132,7 @@ def test_canvas_scaling_rows(monkeypatch):
     assert r["placement"] != "centred" or r["vs_recompute"] == r["centred_vs_recompute"]
 
 
+@pytest.mark.slow
 def test_resolution_scaling_rows(monkeypatch):
     """Each architecture at each size in a process of its own: time and peak memory, as ratios to the smallest size;
     the peak is the child's, not this process's (which holds a 1 GiB ballast)."""
@@ -152,6 +156,7 @@ def test_resolution_scaling_rows(monkeypatch):
 FASHION = "/usr/share/datasets/fashion-mnist"
 
 
+@pytest.mark.slow
 @needs_taming
 @pytest.mark.skipif(not __import__("os").path.isdir(FASHION), reason="Debian's dataset-fashion-mnist not installed")
 def test_time_to_quality_wiring():

@@ -64,6 +64,7 @@ def quick_judge(monkeypatch):
     monkeypatch.setattr(judges, "EPOCHS", 1)
 
 
+@pytest.mark.slow
 def test_layout_scores_of_a_scenes_run(scene_runs, quick_judge):
     from utils import sample_eval
     run = str(scene_runs / "gpt")
@@ -85,6 +86,7 @@ def test_layout_scores_of_a_scenes_run(scene_runs, quick_judge):
     assert r["size"] == 48 and r["canvases"] == 1 and Image.open(scene_runs / "gpt" / "layouts_48.png").size == (52, 152)
 
 
+@pytest.mark.slow
 def test_unconditional_canvases_and_errors(scene_runs, quick_judge, tmp_path):
     from utils import sample_eval
     free = str(scene_runs / "free")
@@ -105,6 +107,7 @@ def test_unconditional_canvases_and_errors(scene_runs, quick_judge, tmp_path):
         sample_eval.evaluate(str(scene_runs / "gpt"), held_out=1, against=free)
 
 
+@pytest.mark.slow
 def test_layouts_reach_the_condition_tokenizer_as_the_dataset_gives_them(scene_runs):
     from utils.core.config import load_config
     from utils.eval.layouts import held_out_canvases, layout_maps
@@ -118,6 +121,7 @@ def test_layouts_reach_the_condition_tokenizer_as_the_dataset_gives_them(scene_r
     assert torch.equal(layout_maps(layouts, 7), torch.stack([val[i][0] for i in range(2)]))
 
 
+@pytest.mark.slow
 def test_the_layout_picture_uses_the_palette(scene_runs):
     from transformer.loading import load_transformer
     from utils.eval.layouts import layouts_picture

@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from conftest import ROOT
@@ -19,6 +20,7 @@ from vqgan.model import VQGAN
 FIXTURES = os.path.join(ROOT, "test", "fixtures", "format1_before_layout")
 
 
+@pytest.mark.slow
 def test_checkpoints_written_before_the_layout_change(tmp_path, monkeypatch):
     for f in os.listdir(FIXTURES):
         shutil.copy(os.path.join(FIXTURES, f), tmp_path / f)

@@ -210,6 +210,7 @@ def test_condition_config_errors():
         load_config(Stage1Config, overrides=["data.tokenize=condition"])
 
 
+@pytest.mark.slow
 def test_generate_with_condition_complete_and_extend(seg_runs, tmp_path):
     ckpt = str(seg_runs / "gpt" / "checkpoints" / "last.pt")
     mask = np.zeros((16, 16), np.uint8)
@@ -264,6 +265,7 @@ def test_generate_with_condition_complete_and_extend(seg_runs, tmp_path):
         read_condition(str(tmp_path / "nine.png"), "segmentation", 6, classes=6)
 
 
+@pytest.mark.slow
 def test_complete_and_extend_unconditional(tmp_path, seg_runs):
     """--complete and --extend also work for models without a condition."""
     d = tmp_path / "u"

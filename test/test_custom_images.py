@@ -47,6 +47,7 @@ def make_photos(root, masks_root=None, classes=("beach", "forest"), per_class=6)
     return str(root)
 
 
+@pytest.mark.slow
 def test_cpu_configs_train_on_a_folder_of_photos_and_sample_wide(tmp_path):
     root = make_photos(tmp_path / "photos")
     out = str(tmp_path / "runs")
@@ -67,6 +68,7 @@ def test_cpu_configs_train_on_a_folder_of_photos_and_sample_wide(tmp_path):
     assert Image.open(tmp_path / singles[0]).size == (64, 32)  # 8x16 tokens at f=4: 32 high, 64 wide
 
 
+@pytest.mark.slow
 def test_grayscale_photos_with_one_channel_and_no_classes(tmp_path):
     root = tmp_path / "gray"
     make_photos(root, per_class=3)
@@ -85,6 +87,7 @@ def test_grayscale_photos_with_one_channel_and_no_classes(tmp_path):
     assert s2["step"] == 2 and not s2.get("class_names")
 
 
+@pytest.mark.slow
 def test_cpu_segmentation_pair_trains_on_photos_and_masks(tmp_path):
     images, masks = tmp_path / "images", tmp_path / "masks"
     make_photos(images, masks, per_class=4)

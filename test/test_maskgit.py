@@ -225,6 +225,7 @@ def masked_run(stage1, tmp_path_factory):
     return str(out / "m")
 
 
+@pytest.mark.slow
 def test_a_masked_model_trains_resumes_and_reloads(masked_run):
     ck = load(f"{masked_run}/checkpoints/last.pt")
     assert ck["step"] == 6 and ck["model_args"]["kind"] == "maskgit"
@@ -237,6 +238,7 @@ def test_a_masked_model_trains_resumes_and_reloads(masked_run):
     assert load(f"{masked_run}/checkpoints/last.pt")["step"] == 7
 
 
+@pytest.mark.slow
 def test_generate_with_a_masked_model(masked_run, tmp_path):
     ckpt = f"{masked_run}/checkpoints/last.pt"
     r = run_script("generate.py", "--checkpoint", ckpt, "--num", "2", "--steps", "4", "--class", "1", "--out",
@@ -274,6 +276,7 @@ def test_generate_with_a_masked_model(masked_run, tmp_path):
         assert r.returncode == 2 and msg in r.stderr and "Traceback" not in r.stderr, (args, r.stderr)
 
 
+@pytest.mark.slow
 def test_gpt_refuses_steps_and_inpainting(stage1, tmp_path):
     train_transformer.train(TINY_STAGE2 + [f"run.out_dir={tmp_path}", "run.name=g", f"stage1.checkpoint={stage1}",
                                            "train.max_steps=1"])
@@ -288,6 +291,7 @@ def test_gpt_refuses_steps_and_inpainting(stage1, tmp_path):
     assert r.returncode == 2 and "a masked model (model.kind=maskgit) masks them instead" in r.stderr
 
 
+@pytest.mark.slow
 def test_sample_eval_scores_inpainting(masked_run, monkeypatch):
     from utils import sample_eval
     from utils.eval import judges

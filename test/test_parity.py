@@ -53,6 +53,7 @@ def write_official(tmp_path, dd=DD, embed_dim=32, n_embed=128, extra=None, disc=
     return enc, dec, vq, qc, pqc
 
 
+@pytest.mark.slow
 @needs_taming
 def test_official_encoder_decoder_quantizer_parity(tmp_path):
     enc, dec, vq, qc, pqc = write_official(tmp_path)
@@ -89,6 +90,7 @@ class _Pickled:  # an arbitrary object, as Lightning pickles into checkpoints
     pass
 
 
+@pytest.mark.slow
 def test_converter_errors(tmp_path):
     with pytest.raises(UserError, match="no config at"):
         convert(str(tmp_path / "a.ckpt"), str(tmp_path / "none.yaml"))
@@ -205,6 +207,7 @@ def test_lpips_local_vgg_file(tmp_path):
         LPIPS(vgg_weights=str(tmp_path / "bad.pth"))
 
 
+@pytest.mark.slow
 @needs_taming
 def test_fine_tuning_a_converted_official_checkpoint(tmp_path):
     """train.init_from a converted official model (and its discriminator): a new run at step 0 with exactly the

@@ -52,6 +52,7 @@ def test_run_folder_and_checkpoint(tmp_path):
     assert to_dict(load_config(Stage1Config, os.path.join(d, "config.yaml"))) == ck["config"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers", [0, 2])
 def test_exact_resume_after_earlier_max_steps(tmp_path, workers):
     """Stopped at step 2 (before disc_start), resumed to 6: same weights as the straight run."""
@@ -74,6 +75,7 @@ def test_resume_without_path_uses_run_folder(tmp_path):
     assert load(f"{d}/checkpoints/last.pt")["config"]["train"]["max_steps"] == 4
 
 
+@pytest.mark.slow
 def test_sigterm_saves_and_resume_is_exact(tmp_path):
     opts = TINY_STAGE1 + [f"run.out_dir={tmp_path}", "train.max_steps=400", "train.ckpt_every=1000",
                           "train.eval_every=1000", "loss.disc_start=1"]
@@ -151,6 +153,7 @@ def test_existing_run_folder_is_not_overwritten(tmp_path):
         train(tmp_path, "x", "train.max_steps=1")
 
 
+@pytest.mark.slow
 def test_user_errors_exit_2_without_traceback(tmp_path):
     cases = [
         (["model.codebook_sise=64"], "did you mean 'model.codebook_size'?"),
@@ -281,6 +284,7 @@ def test_ddp_two_processes_across_disc_start(tmp_path):
     assert len(load(f"{d}/checkpoints/last.pt")["rng"]) == 2  # every rank's RNG state
 
 
+@pytest.mark.slow
 def test_reconstruct_tool(tmp_path):
     d = train(tmp_path, "rec", "train.max_steps=2")
     import numpy as np

@@ -353,6 +353,7 @@ def stage2(tmp_path, stage1, name, *extra):
     return os.path.join(tmp_path, name)
 
 
+@pytest.mark.slow
 def test_end_to_end_and_generate(tmp_path, stage1):
     d = stage2(tmp_path, stage1, "g", "model.class_conditional=true")
     ck = load(f"{d}/checkpoints/last.pt")
@@ -397,6 +398,7 @@ def test_end_to_end_and_generate(tmp_path, stage1):
     assert r.returncode == 2 and "no checkpoint at" in r.stderr
 
 
+@pytest.mark.slow
 def test_unconditional_class_error_and_stage1_changes(tmp_path, stage1):
     import shutil
     s1 = str(tmp_path / "s1.pt")
@@ -510,6 +512,7 @@ def test_ddp_two_processes_stage2(tmp_path, stage1):
     assert load(f"{tmp_path}/ddp/checkpoints/last.pt")["step"] == 6
 
 
+@pytest.mark.slow
 def test_larger_images_give_larger_grids_and_window_crops(tmp_path, stage1):
     """The paper's high-resolution setup: encode images larger than stage 1 saw, train on windows."""
     d = stage2(tmp_path, stage1, "hr", "data.image_size=32", "model.window=[8,8]", "train.max_steps=2")

@@ -76,6 +76,7 @@ def stage2(tmp_path, s1, name, *extra):
 
 # ----------------------------------------------------------------------------- labelled datasets
 
+@pytest.mark.slow
 def test_fashion_mnist_class_conditional_and_class_by_name(tmp_path):
     """IDX datasets carry their class names: a class-conditional GPT trains on them, stores them, and generate.py
     takes a class by name."""
@@ -122,6 +123,7 @@ def test_folder_labels_from_subfolders(tmp_path):
         DataConfig(labels="subfolders").check()  # the data section's own rule, checked when a config loads
 
 
+@pytest.mark.slow
 def test_folder_labels_end_to_end(tmp_path, capsys):
     root = make_folder(tmp_path / "imgs", ("dog", "cat"), per_class=12)
     data = ["data.dataset=folder", f"data.root={root}", "data.labels=subfolders", "data.val_fraction=0.25"]
@@ -206,6 +208,7 @@ def test_stage1_init_from_starts_a_new_run_with_its_weights(tmp_path):
                                          "model.codebook_size=32"])
 
 
+@pytest.mark.slow
 def test_resume_of_weights_only_checkpoint_points_to_init_from(tmp_path):
     src = stage1(tmp_path, "src")
     ck = load(src)
@@ -301,6 +304,7 @@ def test_signal_handlers_come_back_after_training(tmp_path, monkeypatch):
             signal.signal(s, h)
 
 
+@pytest.mark.slow
 def test_numbers_out_of_range_are_config_errors(tmp_path):
     """Every numeric key of both stages declares its range; a value outside is one line naming key, value and
     range, exit 2, never a traceback from PyTorch."""
@@ -340,6 +344,7 @@ def test_numbers_out_of_range_are_config_errors(tmp_path):
         assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, (args, r.stderr)
 
 
+@pytest.mark.slow
 def test_reconstruct_puts_the_model_on_the_requested_device(tmp_path, monkeypatch):
     from utils import reconstruct
     from vqgan.model import VQGAN
@@ -393,6 +398,7 @@ def test_precision_auto(monkeypatch, tmp_path, vqgan_log):
     assert "cpu fp32 x1" in next(m for m in vqgan_log() if m.startswith("run folder"))
 
 
+@pytest.mark.slow
 def test_sample_eval_scores_a_class_conditional_run(tmp_path, monkeypatch):
     """The scoring tool end to end on a tiny run, with a classifier trained on a few hundred images (the real recipe
     renders 30,000): every class scored, the decoy counted, the ceiling and the Fréchet figures, the JSON."""
