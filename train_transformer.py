@@ -32,7 +32,7 @@ from utils.data.conditions import as_picture
 from utils.data.registry import build_datasets, cache_settings, layout_palette
 from utils.train.batches import Batches, ResumableSampler
 from utils.train.loop import (Pace, StopSignal, check_step, clip_gradients, due, end_of_run, figures,
-                              keeps_signal_handlers, optimizer_step, rng_kept, set_lr)
+                              keeps_signal_handlers, optimizer_step, rng_kept, save_then_validate, set_lr)
 from utils.train.optim import stage2_optimizer
 from utils.train.run import (load_init, main_guard, prepare_run_dir, restore, save_checkpoint, start_position,
                              start_run, wrap_ddp, write_config)
@@ -187,9 +187,8 @@ def train(argv=None):
     sums, n_sums, t_log, tokens_since = torch.zeros((), device=device), 0, time.time(), 0
     metrics = {}
     batches = Batches(BatchSampler(sampler, micro, drop_last=True), sampler, micro, epoch, batch_in_epoch)
-    if step >= t.max_steps:  # resumed at or past the end: no step to take, but an evaluation and a checkpoint
-        metrics = validate(step)
-        save(step)
+    if step >= t.max_steps:  # resumed at or past the end: no step to take, but a checkpoint and an evaluation
+        metrics = save_then_validate(step, t, save, validate, metrics, at_end=True)
     pace = Pace(step, t.max_steps, "configs/custom_cpu_gpt.yaml")  # one line when the run would take more than a day
     stopping = False
     while step < t.max_steps and not stopping:
@@ -225,9 +224,7 @@ def train(argv=None):
                                      "tokens_per_sec": tokens_since / elapsed}, step)
             logger.bar.set_postfix(loss=f"{avg:.4f}", tok_s=f"{tokens_since / elapsed:.0f}")
             sums, n_sums, t_log, tokens_since = torch.zeros((), device=device), 0, time.time(), 0
-        if due(step, t.ckpt_every, t.max_steps) or stopping:  # first: a failure while sampling loses no steps
-            save(step)
-        metrics = validate(step) if due(step, t.eval_every, t.max_steps) else metrics
+        metrics = save_then_validate(step, t, save, validate, metrics, stopping)
     end_of_run(run, logger, step, stop if stopping else None, metrics)
 
 

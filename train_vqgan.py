@@ -20,7 +20,7 @@ from utils.eval.metrics import InceptionFeatures
 from utils.eval.reconstruction import evaluate
 from utils.train.batches import Batches, ResumableSampler
 from utils.train.loop import (EMA, Pace, StopSignal, check_step, clip_gradients, due, end_of_run, figures,
-                              keeps_signal_handlers, optimizer_step, rng_kept, set_lr)
+                              keeps_signal_handlers, optimizer_step, rng_kept, save_then_validate, set_lr)
 from utils.train.run import (load_init, main_guard, prepare_run_dir, restore, save_checkpoint, start_position,
                              start_run, wrap_ddp, write_config)
 from utils.train.stage1_config import Stage1Config
@@ -124,9 +124,8 @@ def train(argv=None):
     t_log, images_since = time.time(), 0
     metrics = {}
     batches = Batches(train_loader, sampler, micro, epoch, batch_in_epoch, datasets=(train_set,))
-    if step >= t.max_steps:  # resumed at or past the end: no step to take, but an evaluation and a checkpoint
-        metrics = validate(step)
-        save(step)
+    if step >= t.max_steps:  # resumed at or past the end: no step to take, but a checkpoint and an evaluation
+        metrics = save_then_validate(step, t, save, validate, metrics, at_end=True)
     pace = Pace(step, t.max_steps, "configs/custom_cpu_vqgan.yaml")  # one line when the run would take more than a day
     stopping = False
     while step < t.max_steps and not stopping:
@@ -190,9 +189,7 @@ def train(argv=None):
             logger.bar.set_postfix({"loss": f"{logged['total']:.4f}", rec: f"{logged[rec]:.4f}", "usage": f"{used:.2f}",
                                     "img_s": f"{logged['images_per_sec']:.0f}"})
             sums, n_sums, t_log, images_since = {}, 0, time.time(), 0
-        metrics = validate(step) if due(step, t.eval_every, t.max_steps) else metrics
-        if due(step, t.ckpt_every, t.max_steps) or stopping:
-            save(step)
+        metrics = save_then_validate(step, t, save, validate, metrics, stopping)
     end_of_run(run, logger, step, stop if stopping else None, metrics)
 
 

@@ -174,6 +174,15 @@ class Pace:
         return None
 
 
+def save_then_validate(step: int, t, save, validate, metrics: dict, stopping: bool = False,
+                       at_end: bool = False) -> dict:
+    """The one order of both loops after a step: the checkpoint first (a failure while evaluating then loses no
+    steps), when due, when stopping or at_end; then the evaluation, when due or at_end. -> the latest metrics."""
+    if at_end or stopping or due(step, t.ckpt_every, t.max_steps):
+        save(step)
+    return validate(step) if at_end or due(step, t.eval_every, t.max_steps) else metrics
+
+
 @contextmanager
 def rng_kept():
     """Work inside (evaluation, sampling) does not move the training RNG."""
