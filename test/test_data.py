@@ -245,7 +245,7 @@ def test_real_fashion_mnist_files(tmp_path):
 
 
 def test_a_dataset_is_one_module_and_one_line(tmp_path, monkeypatch):
-    """The README's worked example, run as written: a module that makes a DatasetSpec, registered by one line, is
+    """The worked example of docs/usage.md, run as written: a module that makes a DatasetSpec, registered by one line, is
     built, keyed for the token cache, named for --class and judged, with no other place to edit."""
     import dataclasses
     import re
@@ -254,7 +254,7 @@ def test_a_dataset_is_one_module_and_one_line(tmp_path, monkeypatch):
     from conftest import ROOT
     from utils.data import registry
     from utils.eval import classifier
-    readme = open(os.path.join(ROOT, "README.md")).read()
+    readme = open(os.path.join(ROOT, "docs", "usage.md")).read()
     code = re.search(r"```python\n# utils/data/textures.py\n(.*?)```", readme, re.S).group(1)
     textures = types.ModuleType("textures")
     exec(compile(code, "textures.py", "exec"), textures.__dict__)

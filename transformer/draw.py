@@ -23,9 +23,9 @@ GPT_ONLY = {"window_placement": "where a GPT's sliding window sits for each toke
 @dataclass
 class SampleConfig:
     """The `sample` section of a stage-2 config."""
-    temperature: float = num(1.0, above=0)
-    top_k: Optional[int] = num(None, min=1)
-    top_p: Optional[float] = num(None, above=0, max=1)
+    temperature: float = num(1.0, above=0)  # logits divided by it before sampling
+    top_k: Optional[int] = num(None, min=1)  # sample among the k likeliest codes; null: all
+    top_p: Optional[float] = num(None, above=0, max=1)  # nucleus: the likeliest codes up to this mass; null: all
     cfg_scale: float = num(1.0, min=0)  # classifier-free guidance (class-conditional models)
     steps: int = num(STEPS, min=1)      # maskgit: parallel decoding rounds per window
     choice_temperature: float = num(CHOICE_TEMPERATURE, min=0)  # maskgit: initial scale of the confidence noise

@@ -88,12 +88,12 @@ class GPTSection:
     come from the stage-1 model and the data (`config`)."""
     kind: str = choices("gpt", "maskgit", default="gpt")  # gpt: autoregressive (the paper); maskgit: a bidirectional
                                         # transformer trained on masked tokens, sampled by parallel decoding
-    n_layer: int = num(4, min=1)
-    n_head: int = num(4, min=1)
-    n_embd: int = num(256, min=1)
-    dropout: float = num(0.0, min=0, below=1)
+    n_layer: int = num(4, min=1)        # transformer blocks
+    n_head: int = num(4, min=1)         # attention heads (n_embd must divide by it)
+    n_embd: int = num(256, min=1)       # width
+    dropout: float = num(0.0, min=0, below=1)  # on attention and residual outputs
     window: list[int] = num(factory=list, min=1)  # [h, w] tokens per training crop; [] = the whole grid
-    class_conditional: bool = False
+    class_conditional: bool = False     # a token per class (and a null class for guidance) as the prefix
 
     def check(self, where: str) -> None:
         if self.window and len(self.window) != 2:

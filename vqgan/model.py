@@ -28,13 +28,13 @@ class VQGANConfig:
     channels: Optional[int] = num(None, min=1)        # image channels; null in a stage-1 config: data.channels
     ch: int = num(64, min=1)                          # base channels
     ch_mult: list[int] = num(factory=lambda: [1, 2, 2], min=1)  # per level; f = 2**(levels-1)
-    num_res_blocks: int = num(2, min=1)
+    num_res_blocks: int = num(2, min=1)               # residual blocks per level
     attn_resolutions: list[int] = num(factory=lambda: [8], min=1)  # feature-map sides with attention
     mid_attention: bool = True                        # attention in the middle blocks, over every latent position;
                                                       # false: a fully convolutional tokenizer, which treats a whole
                                                       # canvas as it treats the crops it was trained on
-    z_channels: int = num(64, min=1)
-    dropout: float = num(0.0, min=0, below=1)
+    z_channels: int = num(64, min=1)                  # the encoder's output channels (before quant_conv)
+    dropout: float = num(0.0, min=0, below=1)         # inside the residual blocks
     codebook_size: Optional[int] = num(None, min=2)   # number of codes; null: 1024 (vq), the levels' product (fsq)
     codebook_dim: Optional[int] = num(None, min=1)    # code vector size (official: embed_dim); null: 8 (vq), the
                                                       # number of levels (fsq)

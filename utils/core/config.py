@@ -39,7 +39,7 @@ def num(default=dataclasses.MISSING, *, min=None, max=None, above=None, below=No
     return field(default=default, metadata=meta)
 
 
-def _describe(r: dict) -> str:
+def describe_range(r: dict) -> str:
     lo = ("[", r["min"]) if "min" in r else ("(", r["above"]) if "above" in r else None
     hi = (r["max"], "]") if "max" in r else (r["below"], ")") if "below" in r else None
     if lo and hi:
@@ -52,7 +52,7 @@ def _describe(r: dict) -> str:
 def check_option(name: str, value, **bounds) -> None:
     """A command-line option's range, as for config keys: `check_option("--top-p", 1.5, above=0, max=1)`."""
     if not _in_range(value, bounds):
-        raise ConfigError(f"{name} {value} is out of range: must be {_describe(bounds)}")
+        raise ConfigError(f"{name} {value} is out of range: must be {describe_range(bounds)}")
 
 
 def _in_range(v, r: dict) -> bool:
@@ -160,7 +160,7 @@ def _set(cfg, key: str, value: Any, source: str, raw_text: bool = False) -> None
     r = f.metadata.get("range")
     if r and not all(_in_range(v, r) for v in (value if isinstance(value, list) else [value])):
         every = "every element " if isinstance(value, list) else ""
-        raise ConfigError(f"{key}={value} in {source} is out of range: {every}must be {_describe(r)}")
+        raise ConfigError(f"{key}={value} in {source} is out of range: {every}must be {describe_range(r)}")
     setattr(obj, f.name, value)
 
 

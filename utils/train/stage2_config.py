@@ -16,7 +16,8 @@ from vqgan.model import VQGANConfig
 
 @dataclass
 class Stage1Ref:
-    checkpoint: str = field(default="runs/shapes_vqgan/checkpoints/last.pt", metadata={"required": True})
+    checkpoint: str = field(default="runs/shapes_vqgan/checkpoints/last.pt", metadata={"required": True})  # the
+                                        # image tokenizer (a stage-1 checkpoint)
     condition_checkpoint: Optional[str] = None  # conditional models: the tokenizer of the data.condition maps
 
 
@@ -24,20 +25,20 @@ class Stage1Ref:
 class TokenDataConfig(DataConfig):
     image_size: Optional[int] = num(None, min=1)  # None: the stage-1 model's
     channels: Optional[int] = choices(None, 1, 3, default=None)  # None: the stage-1 model's
-    batch_size: int = num(64, min=1)
+    batch_size: int = num(64, min=1)    # token grids (or windows) per optimizer step and process
 
 
 @dataclass
 class Train2Config(BaseTrainConfig):
-    lr: float = num(3e-4, above=0)
+    lr: float = num(3e-4, above=0)      # AdamW's peak learning rate (after warm-up)
     optimizer: str = choices("adamw", "muon", default="adamw")  # muon: Muon for the blocks' weight matrices,
                                         # AdamW (lr, betas, weight_decay) for the rest (utils/train/optim.py)
     muon_lr: float = num(0.02, above=0)  # Muon's rate for those matrices, scaled by the same schedule
-    betas: list[float] = num(factory=lambda: [0.9, 0.95], min=0, below=1)
-    weight_decay: float = num(0.1, min=0)
-    warmup_steps: int = num(100, min=0)
-    lr_schedule: str = choices("constant", "cosine", default="cosine")
-    grad_clip: float = num(1.0, min=0)
+    betas: list[float] = num(factory=lambda: [0.9, 0.95], min=0, below=1)  # AdamW betas
+    weight_decay: float = num(0.1, min=0)  # on the matmul weights (AdamW), never on Muon's
+    warmup_steps: int = num(100, min=0)  # linear warm-up from 0 over this many steps
+    lr_schedule: str = choices("constant", "cosine", default="cosine")  # after warm-up
+    grad_clip: float = num(1.0, min=0)  # max global grad norm; 0 = off
     pkeep: float = num(1.0, above=0, max=1)  # probability of keeping each input token (else a random code)
     class_dropout: float = num(0.1, min=0, below=1)  # probability of the null class, for classifier-free guidance
 
