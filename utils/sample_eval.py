@@ -87,7 +87,7 @@ def evaluate(run_dir: str, per_class: int = 300, seed: int = 0, options: dict = 
         clf, info = load_or_train(cfg.data.dataset, cfg.data, cache, log)
         reference = real_reference(cfg, clf, per_class * model.gpt.cfg.num_classes, "report")
         out = {"run": run_dir, "seed": seed, **judge_info(info),
-               **class_scores(model, cfg, clf, info["classes"], per_class, sample_seed("report", seed), settings,
+               **class_scores(model, clf, info["classes"], per_class, sample_seed("report", seed), settings,
                               reference, recon, batch)}
     elif not (complete or inpaint):
         raise UserError(f"'{ckpt_path}': nothing to score here (an unconditional model, or a condition without a "
@@ -149,7 +149,7 @@ def sweep(run_dir: str, specs: list[str], per_class: int, seed: int, device: str
     points, ceiling = [], None
     for point in grid:
         settings = settings_of(cfg.sample, model.gpt, point)
-        r = class_scores(model, cfg, clf, info["classes"], per_class, sample_seed("tuning", seed), settings,
+        r = class_scores(model, clf, info["classes"], per_class, sample_seed("tuning", seed), settings,
                          reference, ceiling is None, batch)
         ceiling = r.get("frechet_recon_to_val", ceiling)
         floor = r["frechet_train_to_val"]

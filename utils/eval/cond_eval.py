@@ -87,11 +87,12 @@ def evaluate_superres(model, cfg, cache_dir: str, n: int, generator, settings, l
 
 
 def _resampled_accuracy(model, cfg, cache_dir: str, n: int, generator, settings, log, batch: int, keep_of,
-                        names: list[str]) -> tuple[int, dict]:
+                        names: list[str]) -> tuple[int, dict, int]:
     """Re-samples the tokens of n held-out images that keep_of(grid) -> (H, W) bool does not keep, once per name, the
     name saying which class is given: "likeliest_class" (the class under which the kept tokens, a raster prefix,
     are likeliest), "null_class", "true_class", or any other name for none; the classifier judges whether each
-    result is still of the image's class. -> (the number of images, {"class_accuracy_<name>": share})."""
+    result is still of the image's class. -> (the number of images, {"class_accuracy_<name>": share}, the tokens
+    re-sampled in each image)."""
     gpt, vq, cond_vq, _ = model
     x, labels, maps = _held_out(cfg, n)
     clf, _ = load_or_train(cfg.data.dataset, cfg.data, cache_dir, log)
@@ -112,8 +113,7 @@ def _resampled_accuracy(model, cfg, cache_dir: str, n: int, generator, settings,
                         generator=generator)
             images.append(decode_images(vq, done) * 2 - 1)
         out[f"class_accuracy_{name}"] = (classify(clf, torch.cat(images))[0] == labels).float().mean().item()
-    out["masked_tokens"] = int((~keep).sum())
-    return len(x), out
+    return len(x), out, int((~keep).sum())
 
 
 @torch.no_grad()
@@ -124,10 +124,8 @@ def evaluate_completion(model, cfg, cache_dir: str, n: int, generator, settings,
     class. A masked model has no likelihood of the kept half to pick a class with: null and true class only."""
     gpt = model[0]
     names = ["null_class", "true_class"] if gpt.cfg.masked else ["likeliest_class", "null_class", "true_class"]
-    images, scores = _resampled_accuracy(model, cfg, cache_dir, n, generator, settings, log, batch,
-                                         top_half,
-                                         names if gpt.cfg.num_classes else ["completed"])
-    scores.pop("masked_tokens")
+    images, scores, _ = _resampled_accuracy(model, cfg, cache_dir, n, generator, settings, log, batch, top_half,
+                                            names if gpt.cfg.num_classes else ["completed"])
     return {"images": images, **scores}
 
 
@@ -140,7 +138,7 @@ def evaluate_inpainting(model, cfg, cache_dir: str, n: int, generator, settings,
     gpt = model[0]
     if not gpt.cfg.masked:
         raise ValueError("inpainting is scored for masked (maskgit) models")
-    images, scores = _resampled_accuracy(model, cfg, cache_dir, n, generator, settings, log, batch,
-                                         centre_hole,
-                                         ["null_class", "true_class"] if gpt.cfg.num_classes else ["inpainted"])
-    return {"images": images, "masked_tokens": scores.pop("masked_tokens"), **scores}
+    images, scores, masked = _resampled_accuracy(model, cfg, cache_dir, n, generator, settings, log, batch,
+                                                 centre_hole,
+                                                 ["null_class", "true_class"] if gpt.cfg.num_classes else ["inpainted"])
+    return {"images": images, "masked_tokens": masked, **scores}

@@ -21,9 +21,9 @@ from utils.eval.protocol import bootstrap_se, ceiling_and_reference, described, 
 
 def real_reference(cfg, clf, n: int, part: str) -> dict:
     """The real images of a part that n samples are scored against, classified once: the reference (held-out images
-    of the part that the ceiling does not use) and the ceiling's originals (the part's first n images), their labels
-    and features; the floor (the first n real training images) and its Fréchet distance to the reference; and the
-    sets' records. A generated dataset renders enough held-out images for both parts."""
+    of the part that the ceiling does not use) and the ceiling's originals (the part's first n images, with their
+    labels); the features of the reference and of the floor (the first n real training images); and the sets'
+    records. A generated dataset renders enough held-out images for both parts."""
     data = copy.copy(cfg.data)
     if dataset_spec(data.dataset).judge == "rendered":  # generated: n training images, 2n held-out in each part
         data.num_train, data.num_val = n, 4 * n
@@ -33,12 +33,12 @@ def real_reference(cfg, clf, n: int, part: str) -> dict:
     stack = lambda ds, r: torch.stack([ds[i][0] for i in r])  # noqa: E731
     ref_feats = classify(clf, stack(val_set, reference))[1]
     return {"feats": ref_feats, "ceiling_images": stack(val_set, ceiling), "ceiling_labels": val_set.labels[
-        ceiling.start:ceiling.stop], "floor_feats": classify(clf, stack(train_set, floor))[1], "part": part,
+        ceiling.start:ceiling.stop], "floor_feats": classify(clf, stack(train_set, floor))[1],
         "sets": {"reference": described("val", reference), "ceiling": described("val", ceiling),
                  "floor": described("train", floor)}}
 
 
-def class_scores(model, cfg, clf, names, per_class: int, seed: int, settings, reference: dict, recon: bool = True,
+def class_scores(model, clf, names, per_class: int, seed: int, settings, reference: dict, recon: bool = True,
                  batch: int = 100) -> dict:
     """Recognition, Fréchet distance and precision and recall of per_class samples of every class drawn from
     generator `seed`, against `reference` (real_reference); with recon, also the ceiling's."""
@@ -56,7 +56,7 @@ def class_scores(model, cfg, clf, names, per_class: int, seed: int, settings, re
     wanted = torch.tensor(wanted)
     pred, feats = classify(clf, x)
     right = (pred == wanted).float()
-    out = {"samples_per_class": per_class, "sampling": settings.described(gpt), "part": reference["part"],
+    out = {"samples_per_class": per_class, "sampling": settings.described(gpt),
            "accuracy": right.mean().item(), "accuracy_se": (right.std() / len(right) ** 0.5).item(), "per_class": {}}
     for c in range(nc):
         sel = pred[wanted == c]
@@ -66,13 +66,13 @@ def class_scores(model, cfg, clf, names, per_class: int, seed: int, settings, re
         out["per_class"][names[c]] = row
     ref, floor = reference["feats"], reference["floor_feats"]
     count = len(reference["ceiling_images"])  # every set compared at one count: samples, ceiling and floor
-    pick = torch.randperm(len(x), generator=torch.Generator().manual_seed(1))[:count]
-    out["frechet_samples_to_val"] = frechet_of(feats[pick], ref)
-    out["frechet_samples_se"] = bootstrap_se(lambda f: frechet_of(f, ref), feats[pick])
+    samples = feats[torch.randperm(len(x), generator=torch.Generator().manual_seed(1))[:count]]
+    out["frechet_samples_to_val"] = frechet_of(samples, ref)
+    out["frechet_samples_se"] = bootstrap_se(lambda f: frechet_of(f, ref), samples)
     out["frechet_train_to_val"] = frechet_of(floor, ref)
     m = min(count, len(ref))  # precision and recall: as many real images as samples
     real = ref[torch.randperm(len(ref), generator=torch.Generator().manual_seed(2))[:m]]
-    out["precision"], out["recall"] = precision_recall(real, feats[pick][:m])
+    out["precision"], out["recall"] = precision_recall(real, samples[:m])
     out["floor_precision"], out["floor_recall"] = precision_recall(real, floor[:m])
     out["frechet_images"] = {"samples": count, "val": len(ref), "train": len(floor), "precision_recall": m}
     out["sets"] = {**reference["sets"], "samples": {"split": "generated", "count": len(x), "seeds": [seed]}}
